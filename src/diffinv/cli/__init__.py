@@ -1,0 +1,58 @@
+"""The ``diffinv`` command line.
+
+Each sub-command lives in its own module of this package, which exposes
+``register(subparsers) -> None``; the module adds its parser (with a one-line ``help``) and sets
+``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from diffinv.errors import DiffinvError
+
+# Sub-command modules, in the order ``diffinv --help`` lists them.
+COMMAND_MODULES = [
+    "diffinv.cli.demo",
+    "diffinv.cli.sample",
+    "diffinv.cli.train_prior",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffinv",
+        description=(
+            "Solve imaging inverse problems y = A(x) + n with diffusion-model priors. "
+            "Run `diffinv COMMAND --help` for the options of a command."
+        ),
+    )
+    from diffinv import __version__
+
+    parser.add_argument("--version", action="version", version=f"diffinv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DiffinvError as e:
+        print(f"diffinv {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"diffinv {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from diffinv.cli import main
+
+sys.exit(main())

@@ -1,0 +1,141 @@
+"""Data sets of the embedded 32x32 domain, in the frame of DESIGN.md.
+
+28x28 images are padded with background (black) by 2 px on each side to 32x32 and scaled to
+[-1, 1]: ``x = 2 * uint8 / 255 - 1``. Converted splits are cached as ``.npz`` under
+``$DIFFINV_CACHE`` (default ``~/.cache/diffinv``) keyed by the source file's hash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffinv.errors import DiffinvError, UnknownNameError
+
+SPLITS = ("train", "valid", "test")
+FRAME = 32
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images (N, 1, 32, 32) float32 in [-1, 1] with their integer labels (N,)."""
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def _mnist() -> dict:
+    from diffinv.data.mnist import load_mnist_uint8
+
+    return load_mnist_uint8()
+
+
+def _fashion() -> dict:
+    from diffinv.data.fashion import load_fashion_uint8
+
+    return load_fashion_uint8()
+
+
+_LOADERS: dict[str, tuple[Callable[[], dict], str]] = {
+    "mnist32": (_mnist, "mnist"),
+    "fashion32": (_fashion, "fashion-train-images"),
+}
+_ALIASES = {"mnist": "mnist32", "fashion": "fashion32", "fashion-mnist": "fashion32"}
+
+
+def canonical_name(dataset: str) -> str:
+    name = _ALIASES.get(dataset, dataset)
+    if name not in _LOADERS:
+        raise UnknownNameError("data set", dataset, list(_LOADERS) + list(_ALIASES))
+    return name
+
+
+def to_frame(images_uint8: np.ndarray) -> torch.Tensor:
+    """(N, 28, 28) uint8 -> (N, 1, 32, 32) float32 in [-1, 1], padded with background."""
+    x = torch.from_numpy(np.array(images_uint8, copy=True)).float().div_(255.0)
+    pad = (FRAME - x.shape[-1]) // 2
+    x = torch.nn.functional.pad(x, (pad, pad, pad, pad), value=0.0)
+    return (x * 2.0 - 1.0).unsqueeze(1)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("DIFFINV_CACHE", Path.home() / ".cache" / "diffinv"))
+
+
+def _cached_uint8(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from diffinv.assets import ASSETS, locate
+
+    loader, asset = _LOADERS[name]
+    locate(asset)  # raises with the install command when missing, checks the hash
+    path = _cache_dir() / f"{name}-{ASSETS[asset].sha256[:16]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in SPLITS}
+        except (OSError, KeyError, ValueError):
+            path.unlink(missing_ok=True)  # corrupt cache: rebuild
+    data = loader()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(
+            tmp, **{f"{s}_x": data[s][0] for s in SPLITS}, **{f"{s}_y": data[s][1] for s in SPLITS}
+        )
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home is fine: we just do not cache
+    return data
+
+
+def load_split(dataset: str, split: str) -> ImageSet:
+    """Load ``split`` ("train", "valid", "test") of ``dataset`` ("mnist32", "fashion32")."""
+    name = canonical_name(dataset)
+    if split not in SPLITS:
+        raise UnknownNameError("split", split, list(SPLITS))
+    x, y = _cached_uint8(name)[split]
+    return ImageSet(name, split, to_frame(x), torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+
+_SPEC = re.compile(r"^(?P<ds>[\w-]+):(?P<split>\w+)(?::(?P<sel>[\d,\-]+))?$")
+
+
+def parse_indices(sel: str, n: int) -> list[int]:
+    """ "17" -> [17]; "0-3" -> [0, 1, 2, 3]; "1,5,9" -> [1, 5, 9]; checked against ``n``."""
+    out: list[int] = []
+    for part in sel.split(","):
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    bad = [i for i in out if not 0 <= i < n]
+    if bad:
+        raise DiffinvError(f"image indices {bad[:5]} out of range 0..{n - 1}")
+    return out
+
+
+def get_images(spec: str) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Images named by ``"DATASET:SPLIT[:INDICES]"``, e.g. ``"fashion32:test:0-3"``.
+
+    Returns (images, labels, indices). Without indices the whole split is returned.
+    """
+    m = _SPEC.match(spec.strip())
+    if not m:
+        raise DiffinvError(
+            f"bad image spec {spec!r}; expected DATASET:SPLIT[:INDICES], e.g. fashion32:test:0-3"
+        )
+    s = load_split(m["ds"], m["split"])
+    idx = parse_indices(m["sel"], len(s)) if m["sel"] else list(range(len(s)))
+    t = torch.tensor(idx, dtype=torch.long)
+    return s.images[t], s.labels[t], idx

@@ -1,0 +1,42 @@
+"""Atomic checkpoint files, loaded with ``torch.load(weights_only=True)`` only.
+
+A checkpoint is a dict of tensors, numbers and strings (the config as JSON). Writes go to a
+temporary file in the same folder, fsync'd, then renamed over the old file, so a run killed
+mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffinv.errors import IntegrityError
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint safely; corrupt, truncated or foreign files raise IntegrityError."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # unpickling errors, truncated zip archives, disallowed globals
+        raise IntegrityError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(obj, dict):
+        raise IntegrityError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
+    return obj

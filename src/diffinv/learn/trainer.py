@@ -1,0 +1,300 @@
+"""Training loop for eps-prediction diffusion priors (``diffinv train-prior``).
+
+Objective (Ho et al. 2020, eq. 14, "simple" loss): ``E_{x0, t, eps} || eps - eps_theta(sqrt(abar_t) x0
++ sqrt(1 - abar_t) eps, t) ||^2`` with t uniform on 0..T-1.
+
+Determinism and resumption: the global batch of step k (image indices, timesteps, noise) is drawn
+from a generator seeded by ``image_seed(seed, k)``, so it depends only on (seed, k). A resumed run
+therefore replays exactly the batches an uninterrupted run would have seen. Under ``torchrun``
+with W ranks, rank r takes rows [r B/W, (r+1) B/W) of the same global batch; DDP's gradient
+averaging then makes W ranks equivalent to one process with the full batch.
+
+Optimiser AdamW, linear warm-up then constant (or cosine) learning rate, gradient clipping,
+EMA of the weights, atomic checkpoints every ``ckpt_every`` steps, a JSON-lines log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from diffinv.diffusion.schedule import VPSchedule
+from diffinv.diffusion.unet import UNet
+from diffinv.errors import DiffinvError
+from diffinv.learn.checkpoint import load_checkpoint, save_atomic
+from diffinv.learn.ema import EMA
+from diffinv.seeding import image_seed
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "fashion32"
+    out: str = "runs/fashion32"
+    steps: int = 10_000
+    batch: int = 64
+    lr: float = 6e-4
+    lr_schedule: str = "constant"  # "constant" or "cosine" (to 10% at ``steps``)
+    warmup: int = 200
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    ckpt_every: int = 250
+    log_every: int = 25
+    schedule: str = "linear"
+    T: int = 1000
+    unet: dict = field(
+        default_factory=lambda: dict(
+            base_channels=32, channel_mults=[1, 2, 2], num_res_blocks=2, attention_resolutions=[8]
+        )
+    )
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch < 1 or self.lr <= 0 or self.warmup < 0:
+            raise DiffinvError("steps, batch and lr must be positive and warmup non-negative")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise DiffinvError(
+                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
+            )
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
+    if cfg.lr_schedule == "cosine":
+        frac = min(1.0, step / max(cfg.steps, 1))
+        return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    return cfg.lr * warm
+
+
+def draw_batch(
+    n_data: int, batch: int, T: int, image_shape: tuple[int, ...], seed: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The global batch of step ``step``: (image indices, timesteps, noise), from (seed, step) alone."""
+    g = torch.Generator().manual_seed(image_seed(seed, step))
+    idx = torch.randint(n_data, (batch,), generator=g)
+    t = torch.randint(T, (batch,), generator=g)
+    noise = torch.randn((batch, *image_shape), generator=g)
+    return idx, t, noise
+
+
+def diffusion_loss(
+    model: nn.Module, schedule: VPSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    ab = schedule.at(schedule.alpha_bar, t, x0.ndim, x0.device)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    return (model(x_t, t.to(x0.device)) - noise).pow(2).mean()
+
+
+class _Dist:
+    """Rank/world size from torchrun's environment; initialises the process group if needed."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.active = self.world > 1
+        if self.active and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def train_prior(
+    cfg: TrainConfig,
+    *,
+    data: torch.Tensor | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    max_steps_this_run: int | None = None,
+) -> Path:
+    """Train (or resume) a prior; returns the checkpoint path.
+
+    ``data`` (N, C, H, W) in [-1, 1] overrides ``cfg.dataset`` (used by tests).
+    ``max_steps_this_run`` stops early after that many steps (the checkpoint is written).
+    """
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    ddp = _Dist()
+    dev = pick_device(device)
+    if data is None:
+        from diffinv.data import load_split
+
+        data = load_split(cfg.dataset, "train").images
+    if cfg.batch % ddp.world:
+        raise DiffinvError(f"global batch {cfg.batch} is not divisible by {ddp.world} ranks")
+    local = cfg.batch // ddp.world
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    schedule = VPSchedule.from_name(cfg.schedule, cfg.T)
+    image_shape = tuple(data.shape[1:])
+    unet_cfg = dict(cfg.unet, in_channels=image_shape[0], image_size=image_shape[-1])
+    torch.manual_seed(cfg.seed)  # initial weights
+    model = UNet(**unet_cfg).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = EMA(model, cfg.ema_decay)
+    step = 0
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, map_location=dev)
+        saved = json.loads(state["config"])
+        if (
+            saved["unet"] != cfg.unet
+            or saved["schedule"] != cfg.schedule
+            or saved["dataset"] != cfg.dataset
+        ):
+            raise DiffinvError(
+                f"{ckpt_path} was trained with another network/schedule/data set; "
+                "use another --out folder"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        ema.load_state_dict(state["ema"])
+        step = int(state["step"])
+    net: nn.Module = model
+    if ddp.active:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    data_dev = data.to(dev)
+    log_path = out / "train_log.jsonl"
+    if ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    end = cfg.steps if max_steps_this_run is None else min(cfg.steps, step + max_steps_this_run)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        disable=not (progress and ddp.main),
+        desc=f"train {cfg.dataset}",
+    )
+    t_last, n_last, losses = time.time(), step, []
+
+    def checkpoint() -> None:
+        if ddp.main:
+            save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "ema": ema.state_dict(),
+                    "step": step,
+                    "config": json.dumps(asdict(cfg)),
+                    "image_shape": torch.tensor(image_shape),
+                },
+                ckpt_path,
+            )
+
+    while step < end:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        idx, t, noise = draw_batch(len(data), cfg.batch, cfg.T, image_shape, cfg.seed, step)
+        sl = slice(ddp.rank * local, (ddp.rank + 1) * local)
+        x0 = data_dev[idx[sl].to(dev)]
+        loss = diffusion_loss(net, schedule, x0, t[sl], noise[sl].to(dev))
+        if not torch.isfinite(loss):
+            checkpoint()
+            raise DiffinvError(
+                f"loss became {loss.item()} at step {step}; last good state is in {ckpt_path}"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(model)
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == end:
+            now = time.time()
+            ips = (step - n_last) * cfg.batch / max(now - t_last, 1e-9)
+            mean_loss = sum(losses) / len(losses)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
+            if ddp.main:
+                with open(log_path, "a") as f:
+                    f.write(
+                        json.dumps(
+                            {
+                                "step": step,
+                                "loss": mean_loss,
+                                "lr": learning_rate(cfg, step - 1),
+                                "images_per_s": ips,
+                                "time": now,
+                            }
+                        )
+                        + "\n"
+                    )
+            t_last, n_last, losses = now, step, []
+        if step % cfg.ckpt_every == 0 or step == end:
+            checkpoint()
+    bar.close()
+    if ddp.active:
+        dist.barrier()
+    return ckpt_path
+
+
+def export_prior(
+    ckpt: str | Path,
+    out_dir: str | Path,
+    name: str,
+    *,
+    use_ema: bool = True,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``NAME.safetensors`` (EMA weights by default) and ``NAME.json`` (its config)."""
+    from safetensors.torch import save_file
+
+    state = load_checkpoint(ckpt)
+    cfg = json.loads(state["config"])
+    weights = state["ema"]["model"] if use_ema else state["model"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
+    from diffinv.assets import sha256_file
+
+    c, h, w = (int(v) for v in state["image_shape"])
+    meta = {
+        "name": name,
+        "domain": name,
+        "network": "UNet",
+        "unet": dict(cfg["unet"], in_channels=c, image_size=h),
+        "image_shape": [c, h, w],
+        "schedule": cfg["schedule"],
+        "T": cfg["T"],
+        "variance": "fixed_small",
+        "prediction": "eps",
+        "trained_on": f"{cfg['dataset']}:train",
+        "steps": int(state["step"]),
+        "batch": cfg["batch"],
+        "lr": cfg["lr"],
+        "ema_decay": cfg["ema_decay"],
+        "weights": "ema" if use_ema else "raw",
+        "sha256": sha256_file(path),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        **(extra or {}),
+    }
+    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2))
+    return path

@@ -1,0 +1,62 @@
+"""Shared fixtures: exact Gaussian-data eps networks and tiny UNet configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from diffinv.diffusion.schedule import VPSchedule
+
+torch.set_num_threads(1)
+
+
+class GaussianEps(nn.Module):
+    """The exact eps of data x0 ~ N(mu, Sigma) (flattened images of shape ``shape``).
+
+    x_t ~ N(sqrt(ab) mu, C_t), C_t = ab Sigma + (1 - ab) I, so
+    eps*(x_t, t) = -sqrt(1 - ab) grad log p_t(x_t) = sqrt(1 - ab) C_t^{-1} (x_t - sqrt(ab) mu).
+    """
+
+    def __init__(
+        self, mu: torch.Tensor, sigma: torch.Tensor, shape: tuple[int, ...], schedule: VPSchedule
+    ):
+        super().__init__()
+        self.register_buffer("mu", mu.double())
+        self.register_buffer("sigma", sigma.double())
+        self.shape = shape
+        self.abar = schedule.alpha_bar.clone()
+        self.dummy = nn.Parameter(torch.zeros(()))  # so .parameters() is non-empty
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        ab = self.abar[t.cpu().long()].to(x.device).double().view(b, 1, 1)
+        d = self.mu.numel()
+        eye = torch.eye(d, dtype=torch.float64, device=x.device)
+        cov = ab * self.sigma + (1 - ab) * eye  # (B, d, d)
+        r = x.reshape(b, d, 1).double() - ab.sqrt() * self.mu.view(1, d, 1)
+        eps = (1 - ab).sqrt() * torch.linalg.solve(cov, r)
+        return eps.reshape(b, *self.shape).to(x.dtype)
+
+
+@pytest.fixture
+def gaussian_problem():
+    """A 2x2 single-channel 'image' distribution with a full covariance, and its eps network."""
+    g = torch.Generator().manual_seed(0)
+    d = 4
+    a = torch.randn(d, d, generator=g, dtype=torch.float64) * 0.3
+    sigma = a @ a.T + 0.05 * torch.eye(d, dtype=torch.float64)
+    mu = torch.tensor([0.3, -0.2, 0.1, 0.0], dtype=torch.float64)
+    schedule = VPSchedule.linear()
+    net = GaussianEps(mu, sigma, (1, 2, 2), schedule)
+    return mu, sigma, schedule, net
+
+
+TINY_UNET = dict(
+    base_channels=16, channel_mults=[1, 2], num_res_blocks=1, attention_resolutions=[8]
+)
+
+
+@pytest.fixture
+def tiny_unet_config():
+    return dict(TINY_UNET)
