@@ -1,0 +1,210 @@
+"""Job kind "restore": measure test images, solve the inverse problem, score the restorations.
+
+Grid axes: ``methods`` (solver name + parameters), ``tasks`` (an operator and a noise model) and
+``priors`` (embedded name, or a table with ``name`` and ``path``). ``[run] dataset =
+"fashion32:test"`` names the images; image ``i`` of a cell is image ``i`` of that split,
+i = 0 .. n_images - 1.
+
+For a batch of image indices I of a cell (method M, task T, prior P):
+
+1. x = images I (with their labels), on ``[run] device``;
+2. ``m = diffinv.physics.measure(x, make_operator(T.operator, **T.params), T.noise, seed, I)``:
+   the operator's per-image parameters and the noise of image i come from the per-image stream
+   of (run seed, i), so every method of a run sees the same y for image i, a batch gives the
+   same y as its images one by one, and ``diffinv measure --dataset DATASET:SPLIT:i --seed SEED``
+   reproduces it;
+3. ``x_hat = M(m.y, m.public(), prior, seed=[h_i])``: the solver receives the measurement
+   without its hidden truth (operator name, settings, public per-image parameters, noise spec;
+   no x, no blind parameters) and one generator per image from a second stream, seeded by
+   ``image_seed(derived_seed(seed, "solver"), i)``, independent of the noise;
+4. every metric m of ``metrics``: ``get_metric(m)(x_hat, x)`` -> one value per image (a metric
+   that takes ``labels``, such as digit-acc, gets the images' labels).
+
+NFE is the solver's count for the batch (a batched network call counts once, which is also the
+per-image count); seconds/image is the solver's wall time over the batch size. With a CUDA
+device the batch's peak memory is stored in each row's ``extra``.
+
+The data, physics, solver, metric and prior modules are imported when the job runs, so the runner
+and its tests do not depend on them. (Interface note: the solver contract ``solver(y, physics,
+prior, seed=...) -> Result(x, nfe, seconds, trace)`` is the one of DESIGN.md; ``physics`` is the
+public :class:`~diffinv.physics.Measurement`.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from diffinv.bench.errors import BenchConfigError
+from diffinv.bench.jobs import REQUIRED, RunContext, UnitResult, register_job_kind
+from diffinv.bench.spec import Cell, Entry
+from diffinv.errors import DiffinvError
+
+TASK_KEYS = ("operator", "noise")
+
+
+def derived_seed(run_seed: int, stream: str) -> int:
+    """A 63-bit seed for the named random stream of a run (SHA-256 of both)."""
+    d = hashlib.sha256(f"diffinv-bench:{int(run_seed)}:{stream}".encode()).digest()
+    return int.from_bytes(d[:8], "little") & ((1 << 63) - 1)
+
+
+def _dataset(spec: str) -> tuple[str, str]:
+    parts = spec.split(":")
+    if len(parts) != 2 or not all(parts):
+        raise BenchConfigError(f"[run] dataset {spec!r}: expected DATASET:SPLIT, e.g. "
+                               "fashion32:test")
+    return parts[0], parts[1]
+
+
+def _task_parts(task: Entry) -> tuple[str, dict[str, Any], str]:
+    params = dict(task.params)
+    op = params.pop("operator", task.name)
+    noise = params.pop("noise", None)
+    if not isinstance(op, str):
+        raise BenchConfigError(f"task {task.label!r}: 'operator' must be an operator name")
+    if not isinstance(noise, str):
+        raise BenchConfigError(f"task {task.label!r} needs a 'noise' spec such as "
+                               "\"gaussian:0.05\"")
+    return op, params, noise
+
+
+def _prior_source(prior: Entry) -> str:
+    extra = set(prior.params) - {"path"}
+    if extra:
+        raise BenchConfigError(f"prior {prior.label!r}: unknown key(s) {sorted(extra)} (a prior "
+                               "is a name, or a table with name and path)")
+    return str(prior.params.get("path", prior.name))
+
+
+def _load_prior(ctx: RunContext, prior: Entry) -> Any:
+    from diffinv import load_prior
+
+    return ctx.cached(f"prior:{prior.digest}", lambda: load_prior(_prior_source(prior),
+                                                                 device=ctx.device))
+
+
+def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
+    """Resolve every name (data set, split, solver, operator, noise, metric) before any work."""
+    from diffinv.data import SPLITS, canonical_name
+    from diffinv.errors import UnknownNameError
+    from diffinv.metrics import get_metric
+    from diffinv.physics import make_noise, make_operator
+
+    make_solver = _solvers()
+    name, split = _dataset(str(ctx.options["dataset"]))
+    canonical_name(name)
+    if split not in SPLITS:
+        raise UnknownNameError("split", split, list(SPLITS))
+    for m in ctx.metrics:
+        get_metric(m)
+    seen: set[str] = set()
+    for cell in cells:
+        for axis, entry in cell:
+            if entry.digest in seen:
+                continue
+            seen.add(entry.digest)
+            if axis == "method":
+                make_solver(entry.name, **entry.params)
+            elif axis == "task":
+                op, params, noise = _task_parts(entry)
+                make_operator(op, **params)
+                make_noise(noise)
+            else:
+                _prior_source(entry)
+    n = len(_split(ctx))
+    most = max(c.target for c in cells)
+    if most > n:
+        raise BenchConfigError(f"n_images {most} exceeds the {n} images of {name}:{split}")
+
+
+def resolve(ctx: RunContext, axis: str, entry: Entry) -> dict[str, Any]:
+    """A prior's identity is the SHA-256 of its weights file."""
+    if axis != "prior":
+        return {}
+    prior = _load_prior(ctx, entry)
+    sha = getattr(prior, "sha256", None)
+    if not sha:
+        raise DiffinvError(f"prior {entry.label!r} has no SHA-256: benchmarks need pinned weights")
+    return {"sha256": sha}
+
+
+def _split(ctx: RunContext) -> Any:
+    from diffinv.data import load_split
+
+    name, split = _dataset(str(ctx.options["dataset"]))
+    return ctx.cached(f"data:{name}:{split}", lambda: load_split(name, split))
+
+
+def _images(ctx: RunContext, indices: Sequence[int]) -> tuple[Any, Any]:
+    import torch
+
+    data = _split(ctx)
+    if max(indices) >= len(data):
+        raise DiffinvError(f"image index {max(indices)} is out of range: "
+                           f"{ctx.options['dataset']} has {len(data)} images")
+    idx = torch.as_tensor(list(indices), dtype=torch.long)
+    return data.images[idx].to(ctx.device), data.labels[idx].to(ctx.device)
+
+
+def _score(metric: Any, x_hat: Any, x: Any, labels: Any) -> list[float]:
+    fn = getattr(metric, "fn", metric)
+    try:
+        takes_labels = "labels" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_labels = False
+    values = metric(x_hat, x, labels=labels) if takes_labels else metric(x_hat, x)
+    return [float(v) for v in values.detach().reshape(-1).cpu()]
+
+
+def _solvers() -> Any:
+    try:
+        from diffinv.solvers import make_solver
+    except ImportError as e:
+        raise DiffinvError(f"the restore job kind needs diffinv.solvers.make_solver: {e}") from None
+    return make_solver
+
+
+def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]:
+    import torch
+
+    from diffinv.metrics import get_metric
+    from diffinv.physics import make_operator, measure
+    from diffinv.seeding import image_generators
+
+    method, task = cell["method"], cell["task"]
+    prior = _load_prior(ctx, cell["prior"])
+    x, labels = _images(ctx, indices)
+    op_name, op_params, noise_spec = _task_parts(task)
+    op = make_operator(op_name, **op_params).to(ctx.device)
+    solver = _solvers()(method.name, **method.params)
+
+    m = measure(x, op, noise_spec, ctx.seed, list(indices),
+                domain=str(getattr(prior, "domain", "image")), source=ctx.options["dataset"])
+    solver_seed = derived_seed(ctx.seed, "solver")
+    gens = image_generators(solver_seed, list(indices))
+    cuda = torch.device(ctx.device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    result = solver(m.y, m.public(), prior, seed=gens)
+    extra: dict[str, Any] = {"batch_solver_seconds": float(result.seconds),
+                             "solver_seed": solver_seed}
+    if cuda:
+        extra["peak_memory_mb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
+
+    scores = {name: _score(get_metric(name), result.x, x, labels) for name in ctx.metrics}
+    per_image = float(result.seconds) / len(indices)
+    return [UnitResult(metrics={name: scores[name][j] for name in ctx.metrics},
+                       nfe=float(result.nfe), seconds=per_image, extra=extra)
+            for j in range(len(indices))]
+
+
+register_job_kind(
+    "restore", run,
+    axes=["method", "task", "prior"], replicate="image", target_key="n_images",
+    options={"dataset": REQUIRED}, identity=("dataset",), metrics=None, statistic="mean",
+    validate=validate, resolve=resolve,
+    description="measure dataset images, restore them with a solver and a prior, score them",
+)

@@ -1,0 +1,198 @@
+"""Run a task file: resume, split across workers, write rows as they come, render the report.
+
+Order of work: the plan is loaded and checked, the job kind validates names and resolves the
+identity of each axis value (nothing is written before all of this succeeds); the rows already in
+any file of the run are read; this worker's units (index % workers == worker) that have no row
+yet are done cell by cell in batches of ``batch_size``; each unit's row is appended and fsync'd
+as soon as its batch returns. Finally the report of all rows of the run is rendered.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from diffinv.bench.errors import BenchRecordError
+from diffinv.bench.jobs import RunContext, UnitResult
+from diffinv.bench.machine import machine_info
+from diffinv.bench.plan import Plan, env_rank, load_plan, parse_shard, run_device, worker_of
+from diffinv.bench.records import RecordWriter, read_records, record_path, run_files
+from diffinv.bench.report import Report, build_report, write_report
+from diffinv.bench.spec import Cell
+from diffinv.errors import DiffinvError
+from diffinv.seeding import image_seed
+
+RECORD_VERSION = 1
+
+
+@dataclass
+class Outcome:
+    """What a call did: rows written by this process, rows skipped as done, report paths."""
+
+    plan: Plan
+    worker: tuple[int, int]
+    written: int
+    skipped: int
+    report: Report | None
+    files: tuple[Path, ...]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def reproduce_command(task_path: Path) -> str:
+    """``diffinv bench PATH`` with PATH relative to the working directory when inside it."""
+    p = task_path.resolve()
+    try:
+        shown = p.relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown = p
+    return f"diffinv bench {shown.as_posix()}"
+
+
+def _read_all(plan: Plan) -> tuple[list[dict[str, Any]], int]:
+    files = run_files(plan.out_dir, plan.name)
+    rows: list[dict[str, Any]] = []
+    for p in files:
+        rows.extend(read_records(p)[0])
+    return rows, len(files)
+
+
+def _as_result(r: Any) -> UnitResult:
+    if isinstance(r, UnitResult):
+        return r
+    if isinstance(r, Mapping):
+        return UnitResult(metrics=dict(r))
+    raise DiffinvError(f"a job function returned {type(r).__name__}; expected UnitResult")
+
+
+def _row(plan: Plan, ctx: RunContext, cell: Cell, index: int, res: UnitResult,
+         resolved: Mapping[tuple[str, str], Mapping[str, Any]], meta: Mapping[str, Any]) -> dict:
+    missing = [m for m in plan.metrics if m not in res.metrics]
+    if missing:
+        raise DiffinvError(f"job kind {plan.kind.name!r} returned no value for metric(s) "
+                           f"{missing} (cell {'/'.join(cell.labels)}, index {index})")
+    cell_json = {}
+    res_ident = {}
+    for a, e in cell:
+        ident = dict(resolved.get((a, e.digest), {}))
+        res_ident[a] = ident
+        cell_json[a] = {**e.describe(), "resolved": ident}
+    return {
+        "v": RECORD_VERSION,
+        "run": plan.name,
+        "kind": plan.kind.name,
+        "key": plan.unit_key(cell, index, res_ident),
+        "cell_key": plan.cell_key(cell),
+        "index": int(index),
+        "seed": plan.seed,
+        "unit_seed": image_seed(plan.seed, index),
+        "identity": plan.identity,
+        "cell": cell_json,
+        "metrics": {k: float(v) for k, v in res.metrics.items()},
+        "nfe": None if res.nfe is None else float(res.nfe),
+        "seconds": None if res.seconds is None else float(res.seconds),
+        "extra": dict(res.extra),
+        "device": ctx.device,
+        **meta,
+    }
+
+
+def _resolve_all(plan: Plan, ctx: RunContext) -> dict[tuple[str, str], dict[str, Any]]:
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for cell in plan.cells:
+        for a, e in cell:
+            if (a, e.digest) not in out:
+                ident = plan.kind.resolve(ctx, a, e) if plan.kind.resolve else {}
+                out[(a, e.digest)] = dict(ident or {})
+    return out
+
+
+def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None,
+                  report_only: bool = False, progress: bool = True,
+                  env: Mapping[str, str] | None = None, command: str | None = None,
+                  invocation: str | None = None) -> Outcome:
+    """Run (or resume) the task file, then write its report; see the module docstring.
+
+    ``shard`` is ``"i/n"``; torchrun's RANK/WORLD_SIZE in ``env`` split further. With
+    ``report_only`` nothing is computed: the report is re-rendered from the rows on disk.
+    ``command`` heads the report (default ``diffinv bench PATH``); ``invocation`` (default the
+    same) is stored in each row written.
+    """
+    shard_t = parse_shard(shard)
+    rank_t = env_rank(env)
+    plan = load_plan(task_path)
+    worker = worker_of(shard_t, rank_t)
+    command = command or reproduce_command(plan.task.path)
+
+    if report_only:
+        rows, n_files = _read_all(plan)
+        if not rows:
+            raise BenchRecordError(f"no rows of run {plan.name!r} in {plan.out_dir}; run "
+                                   f"`{command}` first")
+        rep = build_report(plan, rows, command=command, n_files=n_files)
+        return Outcome(plan, worker, 0, 0, rep, write_report(rep))
+
+    device = run_device(plan.device, env)
+    ctx = RunContext(name=plan.name, kind=plan.kind.name, seed=plan.seed, device=device,
+                     options=dict(plan.options), metrics=list(plan.metrics), shard=worker)
+    if plan.kind.validate is not None:
+        plan.kind.validate(ctx, plan.cells)
+    resolved = _resolve_all(plan, ctx)
+
+    rows, _ = _read_all(plan)
+    done = {r.get("key") for r in rows}
+    todo: list[tuple[Cell, list[int]]] = []
+    skipped = 0
+    k, m = worker
+    for cell in plan.cells:
+        ident = {a: resolved[(a, e.digest)] for a, e in cell}
+        mine = [i for i in range(cell.target) if i % m == k]
+        left = [i for i in mine if plan.unit_key(cell, i, ident) not in done]
+        skipped += len(mine) - len(left)
+        for s in range(0, len(left), plan.batch_size):
+            todo.append((cell, left[s:s + plan.batch_size]))
+    n_todo = sum(len(ix) for _, ix in todo)
+    path = record_path(plan.out_dir, plan.name, worker)
+    print(f"diffinv bench {plan.name}: {len(plan.cells)} cell(s); worker {k}/{m}: "
+          f"{skipped} done, {n_todo} to do -> {path}", file=sys.stderr)
+
+    written = 0
+    if todo:
+        meta = {"worker": f"{k}/{m}", "command": invocation or command}
+        from tqdm import tqdm
+
+        with RecordWriter(path) as writer, tqdm(total=n_todo, desc=plan.name,
+                                                unit=plan.kind.replicate,
+                                                disable=not progress, file=sys.stderr) as bar:
+            for cell, indices in todo:
+                started = _now()
+                t0 = time.perf_counter()
+                results = list(plan.kind.run(ctx, cell, list(indices)))
+                if len(results) != len(indices):
+                    raise DiffinvError(f"job kind {plan.kind.name!r} returned {len(results)} "
+                                       f"results for {len(indices)} units")
+                stamp = {"started": started, "finished": _now(), "batch": len(indices),
+                         "batch_seconds": time.perf_counter() - t0,
+                         "machine": machine_info(device)}  # as the job left it (threads)
+                batch_rows = [_row(plan, ctx, cell, i, _as_result(r), resolved, {**meta, **stamp})
+                              for i, r in zip(indices, results, strict=True)]
+                for row in batch_rows:
+                    writer.write(row)
+                    written += 1
+                bar.update(len(indices))
+
+    rows, n_files = _read_all(plan)
+    if not rows:
+        return Outcome(plan, worker, written, skipped, None, ())
+    rep = build_report(plan, rows, command=command, resolved=resolved, n_files=n_files)
+    files = write_report(rep)
+    print(f"diffinv bench {plan.name}: wrote {files[0]} and {files[1]}", file=sys.stderr)
+    return Outcome(plan, worker, written, skipped, rep, files)

@@ -1,0 +1,42 @@
+"""``diffinv bench FILE.toml``: run (or resume) a benchmark grid and render its tables."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="run or resume a benchmark task file and render its Markdown/CSV tables",
+        description=(
+            "Run the grid of a task file (methods x tasks x priors x N images, or another job "
+            "kind's grid), appending one JSON line per unit to NAME.jsonl in the output directory. "
+            "A rerun resumes: units with a row are skipped. The report NAME.md / NAME.csv (mean or "
+            "median with a 95% interval and N per cell) merges every results file of the run. "
+            "Under torchrun each rank takes its share of the units (RANK/WORLD_SIZE)."
+        ),
+    )
+    p.add_argument("task", metavar="FILE.toml", help="task file (see benchmarks/README.md)")
+    p.add_argument("--shard", metavar="I/N", default=None,
+                   help="do only shard I of N (0-based) of the units; each shard writes its own "
+                        "file, the report merges them")
+    p.add_argument("--report-only", action="store_true",
+                   help="compute nothing: re-render the tables from the rows on disk")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffinv.bench.runner import run_benchmark
+
+    argv = ["diffinv", "bench", args.task]
+    if args.shard:
+        argv += ["--shard", args.shard]
+    out = run_benchmark(args.task, shard=args.shard, report_only=args.report_only,
+                        progress=not args.no_progress, invocation=shlex.join(argv))
+    if out.report is not None and args.report_only:
+        print(f"wrote {out.files[0]} and {out.files[1]}", file=sys.stderr)
+    return 0
