@@ -1,0 +1,153 @@
+"""Job kind "prior-quality": FID of a prior's samples, its floor, and digit-classifier confidence.
+
+Grid axes: ``priors`` (names or ``{name, path}`` tables, identified by their weights' SHA-256) and
+``samplers`` (``{name = "ddim", steps = 100, eta = 0.0}`` or ``"ddpm"``). One unit is one whole
+evaluation (``evaluations`` = 1 per cell):
+
+1. draw ``n_samples`` samples, sample i from the generator ``image_seed(seed, i)``; they are
+   cached in chunks under ``$DIFFINV_CACHE/prior-quality/`` so an interrupted evaluation resumes
+   where it stopped;
+2. ``fid``: FID of the samples against the reference split's images 0..N-1 (DESIGN.md: gray
+   repeated to 3 channels, bilinear resize to 299, the pinned TF Inception network);
+3. ``fid-floor``: FID of the training split's images 0..N-1 against the same reference: what a
+   perfect prior would score at this N (FID at small N is biased upwards);
+4. ``conf>0.9`` (MNIST-domain priors only; NaN otherwise): fraction of samples the ``ccexam``
+   classifier assigns a class with probability > 0.9.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from diffinv.bench.errors import BenchConfigError
+from diffinv.bench.jobs import RunContext, UnitResult, register_job_kind
+from diffinv.bench.kinds.restore import _load_prior, _prior_source, resolve
+from diffinv.bench.spec import Cell, Entry
+from diffinv.errors import UnknownNameError
+
+METRICS = ("fid", "fid-floor", "conf>0.9", "samples")
+SAMPLERS = ("ddim", "ddpm")
+
+
+def _sampler(entry: Entry) -> dict[str, Any]:
+    if entry.name not in SAMPLERS:
+        raise UnknownNameError("sampler", entry.name, list(SAMPLERS))
+    params = dict(entry.params)
+    bad = set(params) - {"steps", "eta"}
+    if bad:
+        raise BenchConfigError(f"sampler {entry.label!r}: unknown key(s) {sorted(bad)}")
+    return {"method": entry.name, "steps": int(params.get("steps", 100)),
+            "eta": float(params.get("eta", 0.0))}
+
+
+def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
+    from diffinv.data import SPLITS
+
+    for m in ctx.metrics:
+        if m not in METRICS:
+            raise UnknownNameError("prior-quality metric", m, list(METRICS))
+    n = ctx.options["n_samples"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise BenchConfigError(f"[run] n_samples must be an integer >= 2; got {n!r}")
+    for key in ("reference", "floor"):
+        if ctx.options[key] not in SPLITS:
+            raise UnknownNameError("split", ctx.options[key], list(SPLITS))
+    for cell in cells:
+        _sampler(cell["sampler"])
+        _prior_source(cell["prior"])
+
+
+def _cache_dir(sha: str, sampler: dict[str, Any], seed: int) -> Path:
+    root = Path(os.environ.get("DIFFINV_CACHE", Path.home() / ".cache" / "diffinv"))
+    tag = hashlib.sha256(json.dumps([sha, sampler, seed], sort_keys=True).encode()).hexdigest()[:16]
+    return root / "prior-quality" / tag
+
+
+def draw_samples(prior: Any, n: int, seed: int, sampler: dict[str, Any], chunk: int,
+                 cache: Path | None = None, progress: bool = True) -> Any:
+    """n samples (sample i from ``image_seed(seed, i)``), resumable through ``cache`` chunks."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    from diffinv.seeding import image_generators
+
+    parts = []
+    for start in tqdm(range(0, n, chunk), desc="samples", disable=not progress):
+        idx = list(range(start, min(n, start + chunk)))
+        path = cache / f"chunk_{start:06d}_{len(idx)}.safetensors" if cache else None
+        if path is not None and path.is_file():
+            parts.append(load_file(str(path))["x"])
+            continue
+        x = prior.sample(len(idx), seed=image_generators(seed, idx), **sampler).cpu()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            save_file({"x": x.contiguous()}, str(tmp))
+            os.replace(tmp, path)
+        parts.append(x)
+    return torch.cat(parts)
+
+
+def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]:
+    import time
+
+    import torch
+
+    from diffinv.data import load_split
+    from diffinv.metrics.digits import confident_fraction
+    from diffinv.metrics.fid import (
+        feature_statistics,
+        frechet_distance,
+        inception_features,
+        reference_statistics,
+    )
+
+    if ctx.options["threads"]:
+        ctx.cached("threads", lambda: torch.set_num_threads(ctx.options["threads"]))
+    prior = _load_prior(ctx, cell["prior"])
+    sampler = _sampler(cell["sampler"])
+    n = int(ctx.options["n_samples"])
+    domain = prior.domain
+    ref = load_split(domain, ctx.options["reference"]).images[:n]
+    floor = load_split(domain, ctx.options["floor"]).images[:n]
+    if len(ref) < n or len(floor) < n:
+        raise BenchConfigError(f"n_samples {n} exceeds the reference or floor split of {domain}")
+    cache = _cache_dir(str(prior.sha256), sampler, ctx.seed)
+    stats_dir = cache.parent / "reference"
+    out = []
+    for _ in indices:
+        t0 = time.perf_counter()
+        prior.reset_nfe()
+        x = draw_samples(prior, n, ctx.seed, sampler, int(ctx.options["chunk"]), cache)
+        seconds = time.perf_counter() - t0
+        ref_stats = reference_statistics(ref, stats_dir / f"{domain}-{ctx.options['reference']}-{n}.npz",
+                                         progress=True)
+        floor_stats = reference_statistics(floor, stats_dir / f"{domain}-{ctx.options['floor']}-{n}.npz",
+                                           progress=True)
+        mu, sigma = feature_statistics(inception_features(x, progress=True))
+        fid = frechet_distance(mu, sigma, ref_stats["mu"], ref_stats["sigma"])
+        fid_floor = frechet_distance(floor_stats["mu"], floor_stats["sigma"], ref_stats["mu"],
+                                     ref_stats["sigma"])
+        conf = confident_fraction(x) if domain.startswith("mnist") else math.nan
+        out.append(UnitResult(metrics={"fid": fid, "fid-floor": fid_floor, "conf>0.9": conf,
+                                       "samples": float(n)},
+                              nfe=prior.nfe, seconds=seconds,
+                              extra={"sample_cache": str(cache)}))
+    return out
+
+
+register_job_kind(
+    "prior-quality", run,
+    axes=["prior", "sampler"], replicate="evaluation", target_key="evaluations", default_target=1,
+    options={"n_samples": 2000, "reference": "test", "floor": "train", "chunk": 250, "threads": 0},
+    identity=("n_samples", "reference", "floor"),
+    metrics=METRICS, statistic="mean", validate=validate, resolve=resolve,
+    description="FID of a prior's samples against held-out images, with the train-vs-test floor",
+)
