@@ -17,6 +17,7 @@ from diffinv.errors import DiffinvError
 COMMAND_MODULES = [
     "diffinv.cli.demo",
     "diffinv.cli.sample",
+    "diffinv.cli.measure",
     "diffinv.cli.train_prior",
     "diffinv.cli.bench",
 ]

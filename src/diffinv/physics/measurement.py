@@ -1,0 +1,259 @@
+"""A measurement ``y = A(x) + n`` with what made it; seeded creation, saving and exact loading.
+
+``measure(x, "motion-blur", "gaussian:0.05", seed=3)`` draws, for image ``i`` (index
+``indices[i]``), the operator's parameters and then the noise from two child generators of the
+per-image generator ``image_seed(seed, indices[i])`` (:mod:`diffinv.seeding`): a batch gives the
+same measurement as its images one by one, and an image's noise does not depend on the batch.
+
+What a solver may see (``Measurement.public()``): ``y``, the operator's name and public settings,
+the public per-image parameters (masks, known kernels), the noise spec, the seed, the prior domain.
+For a blind family the drawn parameters are the hidden truth (``true_params``), kept with ``x`` and
+saved in a separate file.
+
+On disk (:func:`save_measurement`), a folder with:
+
+* ``spec.json``: operator, its settings, noise, seed, domain, indices, source, shapes;
+* ``measurement.safetensors``: ``y`` and the public tensors (``param.NAME``, ``config.NAME``);
+* ``y.png``: the measurement for eyes only (:func:`png_view`: clipped to ``[-1, 1]``, or for
+  measurements that are not images, as in phase retrieval, ``log(1 + |y|)`` min-max scaled);
+* ``truth.safetensors``: the hidden truth ``x`` and ``true.NAME`` parameters.
+
+:func:`load_measurement` reads it back bit-exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffinv.checks import check_image
+from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError, ShapeError
+from diffinv.physics.base import Operator
+from diffinv.physics.kernels import check_kernel
+from diffinv.physics.noise import NoiseModel, make_noise
+from diffinv.physics.registry import OPERATORS, make_operator
+from diffinv.seeding import image_generators
+
+FORMAT = "diffinv-measurement"
+VERSION = 1
+SPEC_FILE, TENSOR_FILE, TRUTH_FILE, PNG_FILE = (
+    "spec.json", "measurement.safetensors", "truth.safetensors", "y.png")
+
+
+@dataclass
+class Measurement:
+    """``y`` and what made it. ``x`` and ``true_params`` are the hidden truth (may be absent)."""
+
+    y: Tensor
+    operator: str
+    config: dict[str, Any]
+    params: dict[str, Tensor]
+    noise: str
+    seed: int
+    domain: str
+    indices: list[int]
+    source: str | None = None
+    blind: bool = False
+    x: Tensor | None = None
+    true_params: dict[str, Tensor] = field(default_factory=dict)
+
+    def make_operator(self) -> Operator:
+        """Rebuild the operator from its name and public settings."""
+        return make_operator(self.operator, **{k: v for k, v in self.config.items()
+                                               if k != "blind"})
+
+    def make_noise(self) -> NoiseModel:
+        return make_noise(self.noise)
+
+    def public(self) -> Measurement:
+        """A copy without the hidden truth: what a solver receives."""
+        return replace(self, x=None, true_params={})
+
+
+def _child_generators(seed: int, indices: list[int]) -> tuple[list, list]:
+    """Per image, two independent generators (operator parameters, noise) from its seed."""
+    op_gens, noise_gens = [], []
+    for g in image_generators(seed, indices):
+        seeds = torch.randint(0, 2 ** 62, (2,), generator=g)
+        for out, s in zip((op_gens, noise_gens), seeds.tolist(), strict=True):
+            child = torch.Generator()
+            child.manual_seed(int(s))
+            out.append(child)
+    return op_gens, noise_gens
+
+
+def measure(x: Tensor, operator: str | Operator, noise: str | NoiseModel, seed: int,
+            indices: list[int] | None = None, *, domain: str = "image", source: str | None = None,
+            params: dict[str, Tensor] | None = None) -> Measurement:
+    """Make ``y = A(x; theta) + n`` with per-image seeded ``theta`` and ``n``.
+
+    ``operator``: a registered name or an operator from :func:`make_operator`; ``noise``: a spec
+    such as ``"gaussian:0.05"``; ``indices``: the images' indices in their data set (default
+    ``0..B-1``), which select their random streams; ``params``: per-image operator parameters to use
+    instead of drawing them (validated, e.g. kernels must be non-negative and sum to 1).
+    """
+    check_image(x, "x")
+    op = make_operator(operator) if isinstance(operator, str) else operator
+    name = getattr(op, "registry_name", None)
+    if not isinstance(op, Operator) or name is None:
+        raise DiffinvError("operator must be a registered name or built by make_operator")
+    nm = make_noise(noise)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise DiffinvError(f"seed must be an integer, got {seed!r}")
+    B = x.shape[0]
+    indices = list(range(B)) if indices is None else [int(i) for i in indices]
+    if len(indices) != B:
+        raise ShapeError(f"got {len(indices)} indices for a batch of {B} images")
+    op_gens, noise_gens = _child_generators(seed, indices)
+    if params is None:
+        theta = op.draw_params(op_gens, x.shape[1:], device=x.device, dtype=x.dtype)
+    else:
+        theta = {k: torch.as_tensor(v).to(device=x.device) for k, v in params.items()}
+        for k in ("kernel",):
+            if k in theta:
+                check_kernel(theta[k], k)
+    with torch.no_grad():
+        ax = op(x, **theta)
+        y = nm.sample(ax, noise_gens)
+    theta = {k: v.detach() for k, v in theta.items()}
+    blind = bool(getattr(op, "blind", False))
+    return Measurement(
+        y=y, operator=name, config=op.config(), params={} if blind else theta, noise=nm.spec(),
+        seed=seed, domain=domain, indices=indices, source=source, blind=blind,
+        x=x.detach().clone(), true_params=theta if blind else {})
+
+
+# ------------------------------------------------------------------ saving and loading
+def _split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    js, tensors = {}, {}
+    for k, v in config.items():
+        if isinstance(v, Tensor):
+            tensors[f"config.{k}"] = v.detach().cpu().contiguous()
+            js[k] = {"tensor": f"config.{k}"}
+        else:
+            js[k] = list(v) if isinstance(v, tuple) else v
+    return js, tensors
+
+
+def png_view(y: Tensor, image_like: bool = True) -> Tensor:
+    """What ``y.png`` shows: images clipped to ``[-1, 1]``; other measurements (Fourier
+    magnitudes) as ``log(1 + |y|)`` min-max scaled per image."""
+    y = y.detach().float().cpu()
+    if image_like:
+        return y.clamp(-1, 1)
+    y = torch.log1p(y.abs())
+    lo = y.amin(dim=(1, 2, 3), keepdim=True)
+    hi = y.amax(dim=(1, 2, 3), keepdim=True)
+    return 2 * (y - lo) / (hi - lo).clamp_min(1e-12) - 1
+
+
+def _write_png(y: Tensor, path: Path, image_like: bool) -> None:
+    from diffinv.data.images import make_grid, save_image
+
+    v = png_view(y, image_like)
+    if v.shape[1] not in (1, 3):
+        v = v[:, :1]
+    save_image(make_grid(v, ncol=min(8, v.shape[0]), value=1.0), path,
+               scale=max(1, 128 // max(v.shape[-2:])))
+
+
+def _default_permissions(folder: Path) -> None:
+    """``mkdtemp`` makes a private folder: give it (and its files) the usual umask modes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~mask)
+
+
+def save_measurement(m: Measurement, directory: str | os.PathLike, *,
+                     overwrite: bool = False) -> Path:
+    """Write ``m`` to ``directory`` (see the module docstring), all or nothing.
+
+    The files are written to a temporary sibling folder renamed into place at the end, so a
+    failure leaves nothing behind. An existing non-empty ``directory`` is an error unless
+    ``overwrite``.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise DiffinvError(f"{out} exists and is not empty (overwrite it with --overwrite / "
+                           "overwrite=True)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        cfg, cfg_tensors = _split_config(m.config)
+        tensors = {"y": m.y.detach().cpu().contiguous(), **cfg_tensors}
+        tensors.update({f"param.{k}": v.detach().cpu().contiguous() for k, v in m.params.items()})
+        save_file(tensors, tmp / TENSOR_FILE)
+        has_truth = m.x is not None or bool(m.true_params)
+        if has_truth:
+            truth = {f"true.{k}": v.detach().cpu().contiguous() for k, v in m.true_params.items()}
+            if m.x is not None:
+                truth["x"] = m.x.detach().cpu().contiguous()
+            save_file(truth, tmp / TRUTH_FILE)
+        spec = {
+            "format": FORMAT, "version": VERSION, "operator": m.operator, "config": cfg,
+            "blind": m.blind, "noise": m.noise, "seed": m.seed, "domain": m.domain,
+            "indices": m.indices, "source": m.source, "y_shape": list(m.y.shape),
+            "dtype": str(m.y.dtype).removeprefix("torch."), "params": sorted(m.params),
+            "hidden_truth": TRUTH_FILE if has_truth else None,
+            "true_params": sorted(m.true_params),
+        }
+        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        entry = OPERATORS.get(m.operator)
+        _write_png(m.y, tmp / PNG_FILE, getattr(entry.factory if entry else None, "image_like",
+                                                True))
+        _default_permissions(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_measurement(directory: str | os.PathLike, *, truth: bool = True) -> Measurement:
+    """Read a measurement folder back exactly; ``truth=False`` leaves the hidden truth unread."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    if not (d / SPEC_FILE).is_file():
+        raise MissingAssetError(f"{d} is not a measurement folder (no {SPEC_FILE})")
+    try:
+        spec = json.loads((d / SPEC_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise IntegrityError(f"{d / SPEC_FILE} is not valid JSON: {e}") from e
+    if spec.get("format") != FORMAT:
+        raise IntegrityError(f"{d / SPEC_FILE} is not a {FORMAT} spec")
+    if spec.get("version") != VERSION:
+        raise IntegrityError(f"{d} has format version {spec.get('version')}; this diffinv reads "
+                             f"version {VERSION}")
+    try:
+        tensors = load_file(d / TENSOR_FILE)
+        hidden = (load_file(d / TRUTH_FILE) if truth and spec.get("hidden_truth")
+                  and (d / TRUTH_FILE).is_file() else {})
+    except (OSError, SafetensorError) as e:
+        raise IntegrityError(f"cannot read the tensors of {d}: {e}") from e
+    if "y" not in tensors or list(tensors["y"].shape) != spec["y_shape"]:
+        raise IntegrityError(f"{d / TENSOR_FILE} does not hold y of shape {spec['y_shape']}")
+    config = {k: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v
+              for k, v in spec["config"].items()}
+    return Measurement(
+        y=tensors["y"], operator=spec["operator"], config=config,
+        params={k: tensors[f"param.{k}"] for k in spec["params"]}, noise=spec["noise"],
+        seed=spec["seed"], domain=spec["domain"], indices=list(spec["indices"]),
+        source=spec.get("source"), blind=bool(spec.get("blind")), x=hidden.get("x"),
+        true_params={k.removeprefix("true."): v for k, v in hidden.items()
+                     if k.startswith("true.")})

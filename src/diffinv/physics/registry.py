@@ -1,0 +1,96 @@
+"""Operators by name: ``make_operator("motion-blur", size=9)`` and ``list_operators()``.
+
+Defaults are the 32x32 conventions of DESIGN.md (the papers' 256x256 sizes scaled down); every
+operator works at any size and channel count. Names starting with ``blind-`` are blind families:
+their per-image parameters are hidden from the solver.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from diffinv.errors import DiffinvError, UnknownNameError
+from diffinv.physics.base import Operator
+from diffinv.physics.blur import Blur, GaussianBlur, MotionBlur
+from diffinv.physics.inpaint import BoxInpaint, Identity, RandomInpaint
+from diffinv.physics.nonlinear import NonlinearBlur
+from diffinv.physics.phase import PhaseRetrieval
+from diffinv.physics.resize import AvgPoolSR, BicubicSR
+from diffinv.physics.warps import RotationBlur, ZoomBlur
+
+
+def _bkse(weights: str | None = None, latent_scale: float = 1.2) -> Operator:
+    from diffinv.physics.bkse import BkseBlur
+
+    return BkseBlur(weights, latent_scale)
+
+
+@dataclass(frozen=True)
+class Entry:
+    factory: Callable[..., Operator]
+    description: str
+    fixed: dict[str, Any]  # arguments the name fixes (e.g. blind=True)
+
+
+def _entry(factory, description: str, **fixed) -> Entry:
+    return Entry(factory, description, fixed)
+
+
+OPERATORS: dict[str, Entry] = {
+    "identity": _entry(Identity, "identity (denoising)"),
+    "blur": _entry(Blur, "convolution with a given kernel (kernel=..., boundary)"),
+    "gaussian-blur": _entry(GaussianBlur, "Gaussian blur, 9x9 kernel, std 1.5 px, circular"),
+    "motion-blur": _entry(MotionBlur, "motion blur, 9x9 random-trajectory kernel per image, "
+                          "intensity 0.5, circular"),
+    "sr-avgpool": _entry(AvgPoolSR, "super-resolution x4 by average pooling (SVD; factor=2 too)"),
+    "sr-bicubic": _entry(BicubicSR, "super-resolution x4 by antialiased bicubic (MATLAB-style)"),
+    "inpaint-random": _entry(RandomInpaint, "random inpainting, 70% of pixels removed"),
+    "inpaint-box": _entry(BoxInpaint, "box inpainting, one 16x16 box, 2 px margin"),
+    "rotation-blur": _entry(RotationBlur, "rotation blur, mean of 9 rotations over +-15 deg"),
+    "zoom-blur": _entry(ZoomBlur, "zoom blur, mean of 9 centred zooms from 1 to 1.25"),
+    "nonlinear-blur": _entry(NonlinearBlur, "non-uniform motion blur + saturating response "
+                             "clip(1.5 Kx) (our bkse substitute)"),
+    "bkse-blur": _entry(_bkse, "DPS's bkse nonlinear blur from your GOPRO_wVAE.pth (weights=...)"),
+    "phase-retrieval": _entry(PhaseRetrieval, "Fourier phase retrieval |FFT(pad(x))|, "
+                              "oversample 2"),
+    "blind-gaussian-blur": _entry(GaussianBlur, "blind Gaussian blur, std ~ U(1, 2) px per image",
+                                  blind=True),
+    "blind-motion-blur": _entry(MotionBlur, "blind motion blur, hidden random-trajectory kernel",
+                                blind=True),
+    "blind-rotation-blur": _entry(RotationBlur, "blind rotation blur, theta ~ U(5, 25) deg",
+                                  blind=True),
+    "blind-zoom-blur": _entry(ZoomBlur, "blind zoom blur, z ~ U(1.1, 1.4)", blind=True),
+}
+
+
+def list_operators() -> list[tuple[str, str]]:
+    """``[(name, one-line description)]`` of every registered operator."""
+    return [(name, e.description) for name, e in OPERATORS.items()]
+
+
+def operator_arguments(name: str) -> list[str]:
+    """The keyword arguments ``make_operator(name, ...)`` accepts."""
+    e = _get(name)
+    sig = inspect.signature(e.factory)
+    return [p for p in sig.parameters if p != "self" and p not in e.fixed]
+
+
+def _get(name: str) -> Entry:
+    if name not in OPERATORS:
+        raise UnknownNameError("operator", name, list(OPERATORS))
+    return OPERATORS[name]
+
+
+def make_operator(name: str, **params: Any) -> Operator:
+    """Build the operator ``name`` with its defaults overridden by ``params``."""
+    e = _get(name)
+    allowed = operator_arguments(name)
+    bad = sorted(set(params) - set(allowed))
+    if bad:
+        raise DiffinvError(f"operator {name!r} does not take {bad}; it takes {allowed}")
+    op = e.factory(**params, **e.fixed)
+    op.registry_name = name
+    return op

@@ -1,0 +1,145 @@
+"""The "restore" job kind wired to the real physics and metrics, with a stand-in solver registry,
+prior and data split (the real ones are other issues' work; these are monkeypatched in).
+
+The stand-in solvers are deterministic functions of (y, the public measurement, the per-image
+generators): "adjoint" returns gain * A^T y plus 0.01 N(0, I) drawn from the per-image generator,
+"measured" returns y plus the same draw. They assert that they never receive the hidden truth.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import diffinv
+import diffinv.data
+import diffinv.solvers
+from diffinv.bench import BenchConfigError, run_benchmark
+from diffinv.bench.kinds.restore import derived_seed
+from diffinv.bench.records import read_records
+from diffinv.data import ImageSet
+from diffinv.errors import DiffinvError, UnknownNameError
+from diffinv.metrics import psnr, ssim
+from diffinv.physics import Measurement, make_operator, measure
+from diffinv.seeding import image_generators, randn
+
+SHA = "5e" * 32
+SEEN: dict[tuple[str, str, int], torch.Tensor] = {}
+
+
+def fake_solver_registry(name: str, **params):
+    if name not in ("adjoint", "measured"):
+        raise UnknownNameError("solver", name, ["adjoint", "measured"])
+    gain = float(params.get("gain", 1.0))
+
+    def solve(y, physics, prior, seed):
+        assert isinstance(physics, Measurement) and physics.x is None and not physics.true_params
+        assert prior.sha256 == SHA
+        for j, i in enumerate(physics.indices):
+            SEEN[(name + str(gain), physics.operator, i)] = y[j].clone()
+        z = 0.01 * randn(y.shape[1:], seed)
+        base = gain * physics.make_operator().adjoint(y, **physics.params) if name == "adjoint" else y
+        x = base + z
+        return SimpleNamespace(x=x, nfe=7, seconds=0.25 * y.shape[0], trace={})
+
+    return solve
+
+
+def fake_split(dataset: str, split: str) -> ImageSet:
+    g = torch.Generator().manual_seed(123)
+    x = torch.rand((9, 1, 32, 32), generator=g) * 2 - 1
+    return ImageSet("fashion32", split, x, torch.arange(9) % 10)
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    monkeypatch.setattr(diffinv.solvers, "make_solver", fake_solver_registry, raising=False)
+    monkeypatch.setattr(diffinv.data, "load_split", fake_split)
+    monkeypatch.setattr(diffinv, "load_prior", lambda name, device="cpu": SimpleNamespace(
+        sha256=SHA, domain="fashion32", name=name))
+    SEEN.clear()
+
+
+TASKS = [{"name": "deblur", "operator": "gaussian-blur", "noise": "gaussian:0.05"},
+         {"name": "inpaint", "operator": "inpaint-random", "noise": "gaussian:0.05"}]
+METHODS = ["adjoint", {"name": "adjoint", "gain": 0.5, "label": "half"}, "measured"]
+
+
+def write_task(d: Path, methods=tuple(METHODS), tasks=tuple(TASKS), metrics=("psnr", "ssim"),
+               **run) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+
+    def value(v):
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {json.dumps(x)}" for k, x in v.items()) + "}"
+        return json.dumps(v)
+
+    lines = [f"methods = [{', '.join(value(m) for m in methods)}]",
+             f"tasks = [{', '.join(value(t) for t in tasks)}]",
+             'priors = ["fake32"]', f"metrics = {json.dumps(list(metrics))}", "[run]"]
+    table = {"name": "r", "seed": 3, "dataset": "fashion32:test", "n_images": 5,
+             "batch_size": 3, "output": "out", **run}
+    lines += [f"{k} = {json.dumps(v)}" for k, v in table.items() if v is not None]
+    (d / "task.toml").write_text("\n".join(lines) + "\n")
+    return d / "task.toml"
+
+
+def test_rows_equal_a_one_image_recomputation(tmp_path, fakes):
+    out = run_benchmark(write_task(tmp_path), progress=False)
+    assert out.written == 3 * 2 * 5
+    rows = read_records(tmp_path / "out" / "r.jsonl")[0]
+    images = fake_split("fashion32", "test").images
+    for r in rows:
+        i = r["index"]
+        method, task = r["cell"]["method"], r["cell"]["task"]
+        params = dict(task["params"])
+        op, noise = params.pop("operator"), params.pop("noise")
+        x = images[i:i + 1]
+        m = measure(x, make_operator(op, **params), noise, 3, [i])  # image i alone
+        solve = fake_solver_registry(method["name"], **method.get("params", {}))
+        res = solve(m.y, m.public(), SimpleNamespace(sha256=SHA),
+                    image_generators(derived_seed(3, "solver"), [i]))
+        # float32 batch-vs-single differences only (~1e-7 relative per pixel)
+        assert r["metrics"]["psnr"] == pytest.approx(float(psnr(res.x, x)), abs=1e-4)
+        assert r["metrics"]["ssim"] == pytest.approx(float(ssim(res.x, x)), abs=1e-5)
+        assert (r["nfe"], r["seconds"]) == (7.0, 0.25)
+        assert r["cell"]["prior"]["resolved"] == {"sha256": SHA}
+    # every method saw the same measurement of each image
+    for op in ("gaussian-blur", "inpaint-random"):
+        for i in range(5):
+            ys = [v for (_, o, j), v in SEEN.items() if (o, j) == (op, i)]
+            assert len(ys) == 3 and all(torch.equal(ys[0], y) for y in ys[1:])
+    md = (tmp_path / "out" / "r.md").read_text()
+    assert f"Prior fake32: sha256 {SHA}" in md and "dataset fashion32:test" in md
+    assert "| adjoint | deblur | fake32 |" in md and "| half | inpaint | fake32 |" in md
+
+
+@pytest.mark.parametrize("change, err, match", [
+    ({"methods": ["dps9"]}, UnknownNameError, "unknown solver 'dps9'"),
+    ({"tasks": [{"name": "warp", "noise": "gaussian:0.05"}]}, UnknownNameError,
+     "unknown operator 'warp'"),
+    ({"tasks": [{"name": "gaussian-blur"}]}, BenchConfigError, "needs a 'noise' spec"),
+    ({"tasks": [{"name": "gaussian-blur", "noise": "purple:3"}]}, DiffinvError, "purple"),
+    ({"tasks": [{"name": "gaussian-blur", "noise": "none", "sigma": 2}]}, DiffinvError,
+     "does not take"),
+    ({"metrics": ["psnr", "sharpness"]}, UnknownNameError, "unknown metric 'sharpness'"),
+    ({"dataset": None}, BenchConfigError, "dataset is required"),
+    ({"dataset": "fashion32"}, BenchConfigError, "expected DATASET:SPLIT"),
+    ({"dataset": "cifar:test"}, UnknownNameError, "unknown data set 'cifar'"),
+    ({"n_images": 10}, BenchConfigError, "exceeds the 9 images"),
+])
+def test_bad_restore_tasks_fail_clearly_and_write_nothing(tmp_path, fakes, change, err, match):
+    with pytest.raises(err, match=match):
+        run_benchmark(write_task(tmp_path, **change), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_solver_registry_is_a_clear_error(tmp_path, fakes, monkeypatch):
+    monkeypatch.delattr(diffinv.solvers, "make_solver", raising=False)
+    with pytest.raises(DiffinvError, match="needs diffinv.solvers.make_solver"):
+        run_benchmark(write_task(tmp_path), progress=False)
+    assert not (tmp_path / "out").exists()
