@@ -1,0 +1,99 @@
+"""Export a training run as an embedded prior and write its model card material.
+
+    python benchmarks/tools/prior_card.py runs/fashion32 --name fashion32 [--ship] [--state]
+
+* ``--ship``: export the EMA weights to ``src/diffinv/priors/NAME.safetensors`` + ``.json``;
+* ``--state``: copy the resumable training state (weights, EMA, optimizer, log, config) to
+  ``training/state/NAME/`` (the one place each commit replaces; resume with
+  ``diffinv train-prior --out training/state/NAME ...`` or copy it back to ``runs/``);
+* always: ``benchmarks/priors/NAME_loss.png`` (training loss curve), ``NAME_samples.png``
+  (8x8 DDIM-100 samples, seed 0) and ``NAME_training.json`` (steps, batch, wall time, machine,
+  the exact command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wall_seconds(log: list[dict], max_gap: float = 600.0) -> float:
+    """Training wall time: the sum of gaps between log lines, ignoring pauses longer than max_gap."""
+    total = 0.0
+    for a, b in zip(log, log[1:], strict=False):
+        gap = b["time"] - a["time"]
+        if 0 < gap < max_gap:
+            total += gap
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--ship", action="store_true")
+    ap.add_argument("--state", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from diffinv.data import save_image
+    from diffinv.data.images import make_grid
+    from diffinv.diffusion.zoo import load_prior
+    from diffinv.learn.trainer import export_prior
+    from diffinv.plots import moving_average, plot_curves
+
+    ckpt = args.run / "checkpoint.pt"
+    cfg = json.loads((args.run / "config.json").read_text())
+    log = [json.loads(line) for line in (args.run / "train_log.jsonl").read_text().splitlines() if line]
+    out = ROOT / "benchmarks" / "priors"
+    out.mkdir(parents=True, exist_ok=True)
+    steps = [r["step"] for r in log]
+    losses = [r["loss"] for r in log]
+    plot_curves({"loss (per log interval)": (steps, losses),
+                 "moving average (20)": (steps, moving_average(losses, 20))},
+                out / f"{args.name}_loss.png", xlabel="step", ylabel="eps MSE", logy=True,
+                title=f"{args.name}: training loss")
+    if args.ship:
+        path = export_prior(ckpt, ROOT / "src" / "diffinv" / "priors", args.name)
+        prior = load_prior(path)
+    else:
+        prior = load_prior(ckpt)
+    x = prior.sample(64, seed=0, method="ddim", steps=100)
+    save_image(make_grid(x, ncol=8), out / f"{args.name}_samples.png", scale=2)
+    u = cfg["unet"]
+    mults = ",".join(map(str, u["channel_mults"]))
+    attn = ",".join(map(str, u["attention_resolutions"]))
+    command = " ".join([
+        f"diffinv train-prior --dataset {cfg['dataset']} --out runs/{args.name}",
+        f"--steps {cfg['steps']} --batch {cfg['batch']} --lr {cfg['lr']} --warmup {cfg['warmup']}",
+        f"--ema-decay {cfg['ema_decay']} --base-channels {u['base_channels']} --channel-mults {mults}",
+        f"--num-res-blocks {u['num_res_blocks']} --attention {attn} --seed {cfg['seed']} --threads 1",
+    ])
+    info = {
+        "name": args.name, "command": command,
+        "steps_done": int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"]),
+        "batch": cfg["batch"], "lr": cfg["lr"], "ema_decay": cfg["ema_decay"],
+        "wall_seconds": round(wall_seconds(log)), "machine": f"{platform.machine()} CPU, "
+        f"torch {torch.__version__}, 1 thread per run, two runs sharing 2 cores with other work",
+        "params_M": round(sum(p.numel() for p in prior.network.parameters()) / 1e6, 3),
+        "sha256": prior.sha256, "last_loss_avg": sum(losses[-20:]) / max(len(losses[-20:]), 1),
+    }
+    (out / f"{args.name}_training.json").write_text(json.dumps(info, indent=2) + "\n")
+    if args.state:
+        dest = ROOT / "training" / "state" / args.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in ("checkpoint.pt", "config.json", "train_log.jsonl"):
+            shutil.copy2(args.run / f, dest / f)
+    print(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    main()
