@@ -45,29 +45,19 @@ def batch_generators(
     return gens
 
 
-def randn(
-    shape_per_image: Sequence[int],
-    generators: Sequence[torch.Generator],
-    *,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
+def _stacked(draw, shape_per_image: Sequence[int], generators: Sequence[torch.Generator],
+             device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    draws = [draw(tuple(shape_per_image), generator=g, dtype=torch.float32) for g in generators]
+    return torch.stack(draws).to(device=device, dtype=dtype)
+
+
+def randn(shape_per_image: Sequence[int], generators: Sequence[torch.Generator], *,
+          device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Stack one standard-normal draw of ``shape_per_image`` per generator -> (B, *shape)."""
-    draws = [
-        torch.randn(tuple(shape_per_image), generator=g, dtype=torch.float32) for g in generators
-    ]
-    return torch.stack(draws).to(device=device, dtype=dtype)
+    return _stacked(torch.randn, shape_per_image, generators, device, dtype)
 
 
-def rand(
-    shape_per_image: Sequence[int],
-    generators: Sequence[torch.Generator],
-    *,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
+def rand(shape_per_image: Sequence[int], generators: Sequence[torch.Generator], *,
+         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Stack one uniform [0, 1) draw per generator -> (B, *shape)."""
-    draws = [
-        torch.rand(tuple(shape_per_image), generator=g, dtype=torch.float32) for g in generators
-    ]
-    return torch.stack(draws).to(device=device, dtype=dtype)
+    return _stacked(torch.rand, shape_per_image, generators, device, dtype)
