@@ -180,4 +180,10 @@ def test_bad_inputs(gaussian_problem):
         prior.check_input(torch.zeros(1, 3, 2, 2))
     with pytest.raises(DiffinvError, match="sampling method"):
         prior.sample(1, method="euler")
+    from diffinv.errors import NonFiniteError
+
+    bad = torch.zeros(1, 1, 2, 2)
+    bad[0, 0, 1, 1] = float("nan")
+    with pytest.raises(NonFiniteError, match="NaN"):
+        prior.x0(bad, 10)
     assert math.isfinite(prior.nfe)

@@ -26,7 +26,7 @@ from torch import nn
 
 from diffinv.checks import check_image
 from diffinv.diffusion.schedule import VPSchedule, spaced_timesteps
-from diffinv.errors import DiffinvError, UnknownNameError
+from diffinv.errors import DiffinvError, NonFiniteError, UnknownNameError
 from diffinv.seeding import batch_generators, randn
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
@@ -99,6 +99,8 @@ class DiffusionPrior(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(eps, v): v is the learned-range interpolation output, or None for C-channel networks."""
         t = self._t(t, x_t.shape[0])
+        if not torch.isfinite(x_t).all():
+            raise NonFiniteError(f"x_t holds NaN/Inf values at timestep {t[0].item()}")
         out = self.network(x_t, self.schedule.timesteps[t].to(x_t.device))
         self._nfe += 1
         c = x_t.shape[1]
