@@ -1,0 +1,121 @@
+"""The common solver contract.
+
+``solver(y, physics, prior, seed=...) -> Result(x, nfe, seconds, trace)``
+
+* ``y``: the measurement (B, ...) as a tensor;
+* ``physics``: the public :class:`diffinv.physics.Measurement` (operator name, settings, public
+  per-image parameters, noise spec: never the hidden truth), from which the solver builds its
+  operator with ``physics.make_operator()`` and its noise model with ``physics.make_noise()``;
+* ``prior``: a :class:`diffinv.diffusion.DiffusionPrior`;
+* ``seed``: an int (image i of the batch uses ``image_seed(seed, i)``) or one ``torch.Generator``
+  per image; every random draw comes from these per-image generators, so a seed reproduces a run
+  bit for bit and batching does not change a per-image result.
+
+A solver declares what it needs from an operator (``requires``: "linear", "svd", ...) and refuses
+an operator that lacks it with a message naming what is missing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from diffinv.errors import DiffinvError, UnknownNameError
+
+
+@dataclass
+class Result:
+    """A solver's output: the estimate ``x`` (B, C, H, W), network evaluations, wall time, trace.
+
+    ``nfe`` counts batched network calls (forward passes; a backward pass through the network is
+    recorded in ``trace["backward_nfe"]``). ``trace`` holds per-iteration logs (lists of floats or
+    per-image tensors) and method-specific outputs (estimated kernels, the stopping iteration...).
+    """
+
+    x: torch.Tensor
+    nfe: int
+    seconds: float
+    trace: dict[str, Any] = field(default_factory=dict)
+
+
+class Solver:
+    """Base class: subclasses set ``name``, ``requires`` and implement :meth:`solve`."""
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    summary: ClassVar[str] = ""
+
+    def check_operator(self, operator: Any) -> None:
+        missing = []
+        for need in self.requires:
+            if need == "linear" and not getattr(operator, "linear", False):
+                missing.append("a linear operator")
+            elif need == "svd" and (not callable(getattr(operator, "svd", None))
+                                    or getattr(operator, "has_svd", True) is False):
+                missing.append("an SVD")
+        if missing:
+            raise DiffinvError(
+                f"solver {self.name!r} needs {' and '.join(missing)}; operator "
+                f"{type(operator).__name__} does not provide it (see `diffinv solve --help`)")
+
+    def solve(self, y: torch.Tensor, physics: Any, prior: Any,
+              generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, dict[str, Any]]:
+        raise NotImplementedError
+
+    def __call__(self, y: torch.Tensor, physics: Any, prior: Any,
+                 seed: int | Sequence[torch.Generator] = 0) -> Result:
+        from diffinv.seeding import batch_generators
+
+        gens = batch_generators(seed, y.shape[0])
+        prior.reset_nfe()
+        t0 = time.perf_counter()
+        x, trace = self.solve(y, physics, prior, gens)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        return Result(x=x.detach(), nfe=prior.nfe, seconds=time.perf_counter() - t0, trace=trace)
+
+
+_REGISTRY: dict[str, Callable[..., Solver]] = {}
+
+
+def register_solver(name: str) -> Callable[[type[Solver]], type[Solver]]:
+    """Class decorator adding a solver to the registry under ``name``."""
+
+    def deco(cls: type[Solver]) -> type[Solver]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_builtin() -> None:
+    import importlib
+    import pkgutil
+
+    import diffinv.solvers as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name not in ("base",) and not mod.name.startswith("_"):
+            importlib.import_module(f"diffinv.solvers.{mod.name}")
+
+
+def list_solvers() -> list[tuple[str, str, tuple[str, ...]]]:
+    """(name, one-line summary, requirements) of every registered solver."""
+    _load_builtin()
+    return [(n, c.summary, c.requires) for n, c in sorted(_REGISTRY.items())]  # type: ignore[attr-defined]
+
+
+def make_solver(name: str, **params: Any) -> Solver:
+    """Build solver ``name`` with its hyper-parameters; unknown names list the known ones."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise UnknownNameError("solver", name, list(_REGISTRY))
+    try:
+        return _REGISTRY[name](**params)
+    except TypeError as e:
+        raise DiffinvError(f"bad parameters for solver {name!r}: {e}") from e
