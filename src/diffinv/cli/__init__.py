@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "diffinv.cli.demo",
     "diffinv.cli.sample",
     "diffinv.cli.measure",
+    "diffinv.cli.solve",
     "diffinv.cli.train_prior",
     "diffinv.cli.bench",
 ]
