@@ -31,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--solver", default="dps", help="solver name (default dps)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="solver hyper-parameter, e.g. -p steps=100 -p scale=0.5 (repeatable)")
+    p.add_argument("--blind", action="store_true", help="estimate the unknown operator "
+                   "parameters of a blind family jointly (dmplug)")
+    p.add_argument("--early-stop", choices=["none", "wmv"], default=None,
+                   help="early-stopping rule of iterative solvers (dmplug): wmv = ES-WMV; "
+                   "W and P with -p window=... -p patience=...")
     p.add_argument("--prior", default=None, help="prior name or file (default: the "
                    "measurement's domain)")
     p.add_argument("--seed", type=int, default=0, help="solver seed")
@@ -63,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
         raise DiffinvError(f"{out} exists and is not empty (use --overwrite)")
     m = load_measurement(args.measurement)
     truth = m.x
-    solver = make_solver(args.solver, **parse_settings(args.param))
+    settings = parse_settings(args.param)
+    if args.blind:
+        settings["blind"] = True
+    if args.early_stop:
+        settings["early_stop"] = args.early_stop
+    solver = make_solver(args.solver, **settings)
     solver.progress = not args.no_progress
     prior = load_prior(args.prior or m.domain, device=args.device)
     dev = torch.device(args.device)
@@ -72,9 +82,14 @@ def run(args: argparse.Namespace) -> int:
     y = m.y.to(dev)
     pub = m.public()
     pub.params = {k: v.to(dev) for k, v in m.params.items()}
-    result = solver(y, pub, prior, seed=args.seed)
+    import inspect
+
+    # a solver that records per-iteration quality takes the truth for evaluation only (DMPlug)
+    evaluation = ({"truth": truth.to(dev)} if truth is not None and "truth" in
+                  inspect.signature(solver.__call__).parameters else {})
+    result = solver(y, pub, prior, seed=args.seed, **evaluation)
     x = result.x.cpu()
-    info = {"solver": args.solver, "params": parse_settings(args.param), "prior": prior.name,
+    info = {"solver": args.solver, "params": settings, "prior": prior.name,
             "prior_sha256": prior.sha256, "seed": args.seed, "nfe": result.nfe,
             "backward_nfe": result.trace.get("backward_nfe"), "seconds": result.seconds,
             "peak_memory_mb": (torch.cuda.max_memory_allocated(dev) / 2 ** 20
@@ -87,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_file({"x": x.contiguous()}, tmp / "result.safetensors")
+        estimates = {f"estimate.{k}": result.trace[k].detach().cpu().contiguous()
+                     for k in ("kernel", "theta", "z")  # blind solvers' operator estimates
+                     if isinstance(result.trace.get(k), torch.Tensor)}
+        save_file({"x": x.contiguous(), **estimates}, tmp / "result.safetensors")
         scale = max(1, 128 // x.shape[-1])
         save_image(make_grid(x.clamp(-1, 1), ncol=min(8, len(x))), tmp / "result.png", scale)
         rows = ([truth.clamp(-1, 1)] if truth is not None else [])
@@ -97,6 +115,15 @@ def run(args: argparse.Namespace) -> int:
         rows.append(x.clamp(-1, 1))
         panel = torch.stack(rows, 1).flatten(0, 1)
         save_image(make_grid(panel, ncol=len(rows)), tmp / "panel.png", scale)
+        if "variance" in result.trace and "loss" in result.trace:  # an iterative solver's curves
+            from diffinv.solvers.early_stopping import plot_trace
+
+            for i in range(min(len(x), 8)):
+                plot_trace(result.trace, tmp / f"trace_{i}.png", image=i)
+            for key in ("picked_iteration", "stop_iteration", "oracle_psnr", "oracle_iteration"):
+                if key in result.trace:  # the oracle is the best-PSNR iterate: not the output
+                    cast = int if key.endswith("iteration") else float
+                    info[key] = [cast(v) for v in result.trace[key]]
         (tmp / "metrics.json").write_text(json.dumps(info, indent=2) + "\n")
         os.chmod(tmp, 0o755)
         if out.exists():
