@@ -20,6 +20,19 @@ For a batch of image indices I of a cell (method M, task T, prior P):
 4. every metric m of ``metrics``: ``get_metric(m)(x_hat, x)`` -> one value per image (a metric
    that takes ``labels``, such as digit-acc, gets the images' labels).
 
+Two kinds of metric names read the solver's trace instead of scoring ``x_hat``:
+
+* ``"trace:KEY"``: ``result.trace[KEY]``, one value per image (a (B,) tensor or list, or a number
+  shared by the batch), e.g. ``"trace:iterations_run"`` or ``"trace:picked_iteration"`` of an
+  early-stopped DMPlug run;
+* ``"oracle"``: ``result.trace["oracle_psnr"]``, the best PSNR over an iterative solver's iterates
+  (the figure the official DMPlug code reports), *never the method's result*. Only for this
+  column, a solver whose call takes a ``truth`` keyword (DMPlug) receives ``truth=x``, which it
+  uses for evaluation only (its output does not depend on it; ``tests/test_bench_oracle.py``
+  checks this). No other solver ever sees ``x``.
+
+A solver whose trace lacks the key (DPS has no iterates to pick from) gets NaN for that column.
+
 NFE is the solver's count for the batch (a batched network call counts once, which is also the
 per-image count); seconds/image is the solver's wall time over the batch size. With a CUDA
 device the batch's peak memory is stored in each row's ``extra``.
@@ -99,7 +112,8 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
     if split not in SPLITS:
         raise UnknownNameError("split", split, list(SPLITS))
     for m in ctx.metrics:
-        get_metric(m)
+        if trace_key(m) is None:
+            get_metric(m)
     seen: set[str] = set()
     for cell in cells:
         for axis, entry in cell:
@@ -159,6 +173,51 @@ def _score(metric: Any, x_hat: Any, x: Any, labels: Any) -> list[float]:
     return [float(v) for v in values.detach().reshape(-1).cpu()]
 
 
+ORACLE = "oracle"
+TRACE_PREFIX = "trace:"
+
+
+def trace_key(metric: str) -> str | None:
+    """The trace key a metric name reads (``"oracle"`` -> ``"oracle_psnr"``), else None."""
+    if metric == ORACLE:
+        return "oracle_psnr"
+    if metric.startswith(TRACE_PREFIX):
+        key = metric[len(TRACE_PREFIX):]
+        if not key:
+            raise BenchConfigError(f"metric {metric!r}: name a trace key, e.g. "
+                                   "trace:iterations_run")
+        return key
+    return None
+
+
+def _from_trace(trace: dict[str, Any], key: str, n: int) -> list[float]:
+    """Per-image values of ``trace[key]`` (NaN if absent)."""
+    import torch
+
+    if key not in trace:
+        return [float("nan")] * n
+    v = trace[key]
+    t = torch.as_tensor(v.detach().cpu() if isinstance(v, torch.Tensor) else v,
+                        dtype=torch.float64).reshape(-1)
+    if t.numel() == 1:
+        return [float(t)] * n
+    if t.numel() != n:
+        raise DiffinvError(f"trace[{key!r}] holds {t.numel()} values for a batch of {n}")
+    return [float(a) for a in t]
+
+
+def _evaluation_kwargs(solver: Any, metrics: Sequence[str], x: Any) -> dict[str, Any]:
+    """``{"truth": x}`` when the oracle column is asked for and the solver's call takes a truth
+    for evaluation (DMPlug); otherwise nothing."""
+    if ORACLE not in metrics:
+        return {}
+    try:
+        takes = "truth" in inspect.signature(solver.__call__).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return {"truth": x} if takes else {}
+
+
 def _solvers() -> Any:
     try:
         from diffinv.solvers import make_solver
@@ -188,13 +247,16 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
     cuda = torch.device(ctx.device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(ctx.device)
-    result = solver(m.y, m.public(), prior, seed=gens)
+    result = solver(m.y, m.public(), prior, seed=gens,
+                    **_evaluation_kwargs(solver, ctx.metrics, x))
     extra: dict[str, Any] = {"batch_solver_seconds": float(result.seconds),
                              "solver_seed": solver_seed}
     if cuda:
         extra["peak_memory_mb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
 
-    scores = {name: _score(get_metric(name), result.x, x, labels) for name in ctx.metrics}
+    scores = {name: (_score(get_metric(name), result.x, x, labels) if trace_key(name) is None
+                     else _from_trace(result.trace, str(trace_key(name)), len(indices)))
+              for name in ctx.metrics}
     per_image = float(result.seconds) / len(indices)
     return [UnitResult(metrics={name: scores[name][j] for name in ctx.metrics},
                        nfe=float(result.nfe), seconds=per_image, extra=extra)

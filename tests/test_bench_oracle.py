@@ -1,0 +1,91 @@
+"""The restore kind's trace columns: "oracle" (DMPlug's best-PSNR iterate, never its result) and
+"trace:KEY", with a tiny trained-and-exported prior and a stand-in data split (32x32)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import diffinv.data
+from diffinv.bench import run_benchmark
+from diffinv.bench.kinds.restore import derived_seed, trace_key
+from diffinv.bench.records import read_records
+from diffinv.data import ImageSet
+from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
+from diffinv.metrics import psnr
+from diffinv.physics import measure
+from diffinv.seeding import image_generators
+
+DMPLUG = {"name": "dmplug", "iterations": 6, "early_stop": "wmv", "window": 2, "patience": 2,
+          "label": "DMPlug"}
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("oracle")
+    cfg = TrainConfig(out=str(d / "run"), steps=2, batch=4, ckpt_every=2, log_every=2, warmup=1,
+                      unet=dict(base_channels=8, channel_mults=[1, 2], num_res_blocks=1,
+                                attention_resolutions=[]))
+    g = torch.Generator().manual_seed(0)
+    ckpt = train_prior(cfg, data=torch.rand(8, 1, 32, 32, generator=g) * 2 - 1, progress=False)
+    return Path(export_prior(ckpt, d / "export", "toy"))
+
+
+def fake_split(dataset: str, split: str) -> ImageSet:
+    g = torch.Generator().manual_seed(7)
+    return ImageSet("fashion32", split, torch.rand((4, 1, 32, 32), generator=g) * 2 - 1,
+                    torch.arange(4))
+
+
+def test_trace_metric_names():
+    assert trace_key("oracle") == "oracle_psnr"
+    assert trace_key("trace:iterations_run") == "iterations_run"
+    assert trace_key("psnr") is None
+
+
+def test_oracle_column_is_the_best_iterate_and_the_result_ignores_the_truth(
+        tmp_path, tiny_prior, monkeypatch):
+    from diffinv import load_prior
+    from diffinv.solvers import make_solver
+
+    monkeypatch.setattr(diffinv.data, "load_split", fake_split)
+    methods = [DMPLUG, {"name": "dps", "steps": 2, "label": "DPS"}]
+    value = lambda v: ("{" + ", ".join(f"{k} = {json.dumps(x)}" for k, x in v.items()) + "}")  # noqa: E731
+    (tmp_path / "t.toml").write_text("\n".join([
+        f"methods = [{', '.join(value(m) for m in methods)}]",
+        'tasks = [{name = "sr4", operator = "sr-avgpool", noise = "gaussian:0.01"}]',
+        f'priors = [{{name = "toy", path = {json.dumps(str(tiny_prior))}}}]',
+        'metrics = ["psnr", "oracle", "trace:iterations_run"]',
+        "[run]", 'name = "t"', 'dataset = "fashion32:valid"', "n_images = 2", "batch_size = 2",
+    ]) + "\n")
+    run_benchmark(tmp_path / "t.toml", progress=False)
+    rows = {(r["cell"]["method"]["label"], r["index"]): r
+            for r in read_records(tmp_path / "t.jsonl")[0]}
+    assert len(rows) == 4
+
+    # the same batch solved directly, with and without the truth: bit-identical outputs
+    x = fake_split("fashion32", "valid").images[:2]
+    m = measure(x, "sr-avgpool", "gaussian:0.01", 0, [0, 1], domain="toy")
+    prior = load_prior(tiny_prior)
+    params = {k: v for k, v in DMPLUG.items() if k not in ("name", "label")}
+    seed = derived_seed(0, "solver")
+    solver = make_solver("dmplug", **params)
+    with_truth = solver(m.y, m.public(), prior, seed=image_generators(seed, [0, 1]), truth=x)
+    without = solver(m.y, m.public(), prior, seed=image_generators(seed, [0, 1]))
+    assert torch.equal(with_truth.x, without.x)
+    assert "oracle_psnr" not in without.trace
+
+    for i in range(2):
+        dm, dps = rows[("DMPlug", i)]["metrics"], rows[("DPS", i)]["metrics"]
+        assert dm["psnr"] == pytest.approx(float(psnr(without.x[i:i + 1], x[i:i + 1])), abs=1e-4)
+        assert dm["oracle"] == pytest.approx(float(with_truth.trace["oracle_psnr"][i]), abs=1e-9)
+        # the oracle is the best PSNR over the iterates; the output is one of them
+        assert dm["oracle"] >= dm["psnr"] - 1e-3
+        assert dm["oracle"] == pytest.approx(float(with_truth.trace["psnr"][:, i].max()))
+        assert dm["trace:iterations_run"] == float(without.trace["iterations_run"][i])
+        assert math.isnan(dps["oracle"]) and math.isnan(dps["trace:iterations_run"])
+        assert not math.isnan(dps["psnr"])
