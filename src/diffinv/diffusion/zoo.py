@@ -5,9 +5,17 @@
 * A path to ``X.safetensors`` with its ``X.json`` beside it (what ``export_prior`` writes).
 * A path to a training checkpoint ``checkpoint.pt`` (its EMA weights), loaded with
   ``weights_only=True``.
+* A path to an official guided-diffusion ("ADM") checkpoint, e.g. ``ffhq_10m.pt``: a plain
+  pickled ``state_dict`` of tensors, read with ``torch.load(weights_only=True)`` only (anything
+  that needs arbitrary unpickling is refused). Its configuration comes from ``config=`` (a preset
+  name from :data:`~diffinv.diffusion.adm.ADM_PRESETS` such as ``"adm-ffhq256"``, a JSON path or a
+  dict) or from ``X.json`` beside ``X.pt``. A config is an ``"adm"`` dict of
+  :class:`~diffinv.diffusion.adm.ADMUNet` arguments (or a ``"preset"`` name) plus optional
+  ``schedule``, ``T``, ``variance``, ``image_shape``, ``name``, ``domain``, ``sha256``.
 
-The JSON's ``sha256`` must match the weights file; the weights must match the network the JSON
-describes exactly (``strict=True``). Any mismatch raises :class:`IntegrityError` naming the problem.
+The JSON's ``sha256`` (or the ``sha256=`` argument) must match the weights file; the weights must
+match the network the config describes exactly (``strict=True``). Any mismatch raises
+:class:`IntegrityError` naming the problem. Diffusers folders are not supported.
 """
 
 from __future__ import annotations
@@ -19,12 +27,14 @@ from pathlib import Path
 import torch
 
 from diffinv.assets import sha256_file
+from diffinv.diffusion.adm import ADM_PRESETS, ADMUNet
 from diffinv.diffusion.prior import DiffusionPrior
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.diffusion.unet import UNet
 from diffinv.errors import DiffinvError, IntegrityError, UnknownNameError
 
-REQUIRED_KEYS = ("unet", "schedule", "T", "variance", "image_shape")
+REQUIRED_KEYS = ("schedule", "T", "variance", "image_shape")
+ADM_MARKERS = ("time_embed.0.weight", "input_blocks.0.0.weight")
 
 
 def embedded_dir() -> Path:
@@ -45,19 +55,20 @@ def _build(
     device: str | torch.device,
 ) -> DiffusionPrior:
     missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if "unet" not in meta and "adm" not in meta:
+        missing.insert(0, "unet (or adm)")
     if missing:
         raise IntegrityError(f"{source}: config lacks {', '.join(missing)}")
-    try:
-        net = UNet(**meta["unet"])
-    except TypeError as e:
+    try:  # built on the meta device: no memory or init cost before the layout is checked
+        with torch.device("meta"):
+            net = ADMUNet(**meta["adm"]) if "adm" in meta else UNet(**meta["unet"])
+    except (TypeError, ValueError) as e:
         raise IntegrityError(f"{source}: bad network config: {e}") from e
-    try:
-        net.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()
-        raise IntegrityError(
-            f"{source}: weights do not match the configured network: {' '.join(first[:3])[:400]}"
-        ) from e
+    problem = _state_dict_mismatch(net, weights)
+    if problem:
+        raise IntegrityError(f"{source}: weights do not match the configured network: {problem}")
+    net = net.to_empty(device="cpu")  # every entry is then overwritten by the strict load
+    net.load_state_dict(weights, strict=True)
     net.eval().requires_grad_(False).to(device)
     schedule = VPSchedule.from_name(meta["schedule"], int(meta["T"]))
     return DiffusionPrior(
@@ -71,7 +82,28 @@ def _build(
     )
 
 
-def _load_safetensors(path: Path, device: str | torch.device) -> DiffusionPrior:
+def _state_dict_mismatch(net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> str:
+    """'' if ``weights`` has exactly the network's keys and shapes, else what differs."""
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.items()}
+    parts = []
+    lacking = [k for k in want if k not in have]
+    extra = [k for k in have if k not in want]
+    shapes = [
+        f"{k} {have[k]} in file vs {want[k]} in config"
+        for k in want
+        if have.get(k, want[k]) != want[k]
+    ]
+    for label, items in (("missing", lacking), ("unexpected", extra), ("shape mismatch", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    return "; ".join(parts)
+
+
+def _load_safetensors(
+    path: Path, device: str | torch.device, pinned: str | None = None
+) -> DiffusionPrior:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -88,6 +120,11 @@ def _load_safetensors(path: Path, device: str | torch.device) -> DiffusionPrior:
             f"{path} has SHA-256 {sha[:12]}..., but its config expects "
             f"{meta['sha256'][:12]}... (truncated or replaced weights?)"
         )
+    if pinned and pinned.lower() != sha:
+        raise IntegrityError(
+            f"{path} has SHA-256 {sha[:12]}..., but {pinned[:12]}... was pinned "
+            "(truncated or replaced weights?)"
+        )
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -95,10 +132,9 @@ def _load_safetensors(path: Path, device: str | torch.device) -> DiffusionPrior:
     return _build(meta, weights, str(path), sha, device)
 
 
-def _load_training_checkpoint(path: Path, device: str | torch.device) -> DiffusionPrior:
-    from diffinv.learn.checkpoint import load_checkpoint
-
-    state = load_checkpoint(path)
+def _from_training_state(
+    state: dict, path: Path, sha: str, device: str | torch.device
+) -> DiffusionPrior:
     try:
         cfg = json.loads(state["config"])
         c, h, w = (int(v) for v in state["image_shape"])
@@ -114,21 +150,135 @@ def _load_training_checkpoint(path: Path, device: str | torch.device) -> Diffusi
         "name": f"{cfg['dataset']}@{state['step']}",
         "domain": cfg["dataset"],
     }
-    return _build(meta, weights, str(path), sha256_file(path), device)
+    return _build(meta, weights, str(path), sha, device)
 
 
-def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu") -> DiffusionPrior:
-    """A :class:`DiffusionPrior` from an embedded name or a file path (see module docstring)."""
+def adm_config(config: str | Path | dict) -> dict:
+    """A full ADM prior config from a preset name, a JSON file or a dict (see module docstring).
+
+    Missing diffusion fields default to the official ones: linear schedule, T = 1000,
+    learned-range variance, image shape (C, image_size, image_size).
+    """
+    if isinstance(config, dict):
+        meta = dict(config)
+    elif str(config) in ADM_PRESETS:
+        meta = dict(ADM_PRESETS[str(config)])
+    elif Path(config).suffix == ".json" or Path(config).is_file():
+        cfg_path = Path(config)
+        if not cfg_path.is_file():
+            raise DiffinvError(f"ADM config file {cfg_path} does not exist")
+        try:
+            meta = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise IntegrityError(f"{cfg_path} is not valid JSON: {e}") from e
+        if not isinstance(meta, dict):
+            raise IntegrityError(f"{cfg_path} does not hold a JSON object")
+    else:
+        raise UnknownNameError("ADM preset", str(config), list(ADM_PRESETS))
+    if "preset" in meta:
+        preset = str(meta.pop("preset"))
+        if preset not in ADM_PRESETS:
+            raise UnknownNameError("ADM preset", preset, list(ADM_PRESETS))
+        meta = {**ADM_PRESETS[preset], **meta}
+    if not isinstance(meta.get("adm"), dict):
+        raise IntegrityError(
+            "an ADM config needs an 'adm' dict of network options or a 'preset' name "
+            f"(presets: {', '.join(sorted(ADM_PRESETS))})"
+        )
+    adm = meta["adm"]
+    c, size = int(adm.get("in_channels", 3)), int(adm.get("image_size", 256))
+    meta.setdefault("schedule", "linear")
+    meta.setdefault("T", 1000)
+    meta.setdefault("variance", "learned_range" if adm.get("learn_sigma", True) else "fixed_small")
+    meta.setdefault("image_shape", [c, size, size])
+    return meta
+
+
+def _read_pt(path: Path) -> dict:
+    """``torch.load(weights_only=True)``: anything needing arbitrary unpickling is refused."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # disallowed globals, truncated archives, foreign bytes
+        raise IntegrityError(
+            f"{path} cannot be read as a plain tensor checkpoint (torch.load with "
+            f"weights_only=True refused it; truncated, foreign or unsafe pickle?): "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        ) from e
+    if not isinstance(obj, dict):
+        raise IntegrityError(f"{path} holds a {type(obj).__name__}, not a dict")
+    return obj
+
+
+def _is_adm_state(obj: dict) -> bool:
+    return all(k in obj for k in ADM_MARKERS)
+
+
+def _load_adm(
+    obj: dict, path: Path, meta: dict, sha: str, device: str | torch.device
+) -> DiffusionPrior:
+    bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if bad:
+        raise IntegrityError(
+            f"{path} is not a plain state_dict of tensors (entry {bad[0]!r} holds a "
+            f"{type(obj[bad[0]]).__name__}); official ADM checkpoints are flat tensor dicts"
+        )
+    meta = dict(meta)
+    meta.setdefault("name", path.stem)
+    meta.setdefault("domain", meta["name"])
+    return _build(meta, obj, str(path), sha, device)
+
+
+def _load_pt(
+    path: Path, config: str | Path | dict | None, sha256: str | None, device: str | torch.device
+) -> DiffusionPrior:
+    """A ``.pt`` file: an ADM checkpoint (with a config) or a diffinv training checkpoint."""
+    sidecar = path.with_suffix(".json")
+    meta = adm_config(config) if config is not None else None
+    if meta is None and sidecar.is_file():
+        meta = adm_config(sidecar)
+    sha = sha256_file(path)
+    pinned = sha256 or (meta or {}).get("sha256")
+    if pinned and pinned.lower() != sha:
+        raise IntegrityError(
+            f"{path} has SHA-256 {sha[:12]}..., but {pinned[:12]}... was pinned "
+            "(truncated or replaced weights?)"
+        )
+    obj = _read_pt(path)
+    if meta is not None:
+        return _load_adm(obj, path, meta, sha, device)
+    if _is_adm_state(obj):
+        raise DiffinvError(
+            f"{path} looks like a guided-diffusion (ADM) checkpoint but has no config: pass "
+            f"config=PRESET (one of {', '.join(sorted(ADM_PRESETS))}), a JSON file or a dict, "
+            f"or put {sidecar.name} beside it"
+        )
+    return _from_training_state(obj, path, sha, device)
+
+
+def load_prior(
+    name_or_path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    config: str | Path | dict | None = None,
+    sha256: str | None = None,
+) -> DiffusionPrior:
+    """A :class:`DiffusionPrior` from an embedded name or a file path (see module docstring).
+
+    ``config`` (ADM ``.pt`` files only) names a preset, a JSON file or a dict; ``sha256`` pins
+    the weights file's SHA-256.
+    """
     name = str(name_or_path)
     known = available_priors()
-    if name in known:
-        return _load_safetensors(embedded_dir() / f"{name}.safetensors", device)
     path = Path(name)
+    if config is not None and not (path.is_file() and path.suffix in (".pt", ".pth", ".ckpt")):
+        raise DiffinvError(f"config= applies to ADM .pt checkpoints only, not to {name!r}")
+    if name in known:
+        return _load_safetensors(embedded_dir() / f"{name}.safetensors", device, sha256)
     if path.is_file():
         if path.suffix == ".safetensors":
-            return _load_safetensors(path, device)
+            return _load_safetensors(path, device, sha256)
         if path.suffix in (".pt", ".pth", ".ckpt"):
-            return _load_training_checkpoint(path, device)
+            return _load_pt(path, config, sha256, device)
         raise DiffinvError(f"{path}: unknown prior file type (expected .safetensors or .pt)")
     if path.suffix or "/" in name:
         raise DiffinvError(f"prior file {path} does not exist")
