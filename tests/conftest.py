@@ -60,3 +60,28 @@ TINY_UNET = dict(
 @pytest.fixture
 def tiny_unet_config():
     return dict(TINY_UNET)
+
+
+def make_tiny_prior(directory, name: str = "toy", size: int = 32, seed: int = 0):
+    """Train a tiny UNet for 2 steps on seeded random data and export it as NAME.safetensors.
+
+    The export's domain is ``name``, so ``name="mnist32"`` gives a prior whose reference split is
+    MNIST's. Returns the weights path (its JSON config lies beside it).
+    """
+    from pathlib import Path
+
+    from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
+
+    d = Path(directory)
+    cfg = TrainConfig(out=str(d / "run"), steps=2, batch=4, ckpt_every=2, log_every=2, warmup=1,
+                      unet=dict(base_channels=8, channel_mults=[1, 2], num_res_blocks=1,
+                                attention_resolutions=[]))
+    g = torch.Generator().manual_seed(seed)
+    ckpt = train_prior(cfg, data=torch.rand(8, 1, size, size, generator=g) * 2 - 1, progress=False)
+    return Path(export_prior(ckpt, d / "export", name))
+
+
+@pytest.fixture(scope="session")
+def tiny_prior(tmp_path_factory):
+    """A tiny 32x32 single-channel prior (weights path), shared by the CLI and bench tests."""
+    return make_tiny_prior(tmp_path_factory.mktemp("tiny-prior"))

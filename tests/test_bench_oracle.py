@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,24 +14,12 @@ from diffinv.bench import run_benchmark
 from diffinv.bench.kinds.restore import derived_seed, trace_key
 from diffinv.bench.records import read_records
 from diffinv.data import ImageSet
-from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
 from diffinv.metrics import psnr
 from diffinv.physics import measure
 from diffinv.seeding import image_generators
 
 DMPLUG = {"name": "dmplug", "iterations": 6, "early_stop": "wmv", "window": 2, "patience": 2,
           "label": "DMPlug"}
-
-
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("oracle")
-    cfg = TrainConfig(out=str(d / "run"), steps=2, batch=4, ckpt_every=2, log_every=2, warmup=1,
-                      unet=dict(base_channels=8, channel_mults=[1, 2], num_res_blocks=1,
-                                attention_resolutions=[]))
-    g = torch.Generator().manual_seed(0)
-    ckpt = train_prior(cfg, data=torch.rand(8, 1, 32, 32, generator=g) * 2 - 1, progress=False)
-    return Path(export_prior(ckpt, d / "export", "toy"))
 
 
 def fake_split(dataset: str, split: str) -> ImageSet:

@@ -16,18 +16,6 @@ from diffinv.bench import BenchConfigError, load_plan, run_benchmark
 from diffinv.bench.kinds.overhead import PROFILE, HookTimers, bare_passes
 from diffinv.bench.records import read_records
 from diffinv.errors import UnknownNameError
-from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
-
-
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("overhead")
-    cfg = TrainConfig(out=str(d / "run"), steps=2, batch=4, ckpt_every=2, log_every=2, warmup=1,
-                      unet=dict(base_channels=8, channel_mults=[1, 2], num_res_blocks=1,
-                                attention_resolutions=[]))
-    g = torch.Generator().manual_seed(0)
-    ckpt = train_prior(cfg, data=torch.rand(8, 1, 32, 32, generator=g) * 2 - 1, progress=False)
-    return Path(export_prior(ckpt, d / "export", "toy"))
 
 
 def write_task(d: Path, prior: Path, metrics=None, **run) -> Path:

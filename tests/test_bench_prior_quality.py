@@ -11,7 +11,6 @@ from diffinv.bench import run_benchmark
 from diffinv.bench.kinds.prior_quality import draw_samples
 from diffinv.bench.records import read_records
 from diffinv.errors import UnknownNameError
-from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
 
 
 def _have(*names: str) -> bool:
@@ -30,13 +29,10 @@ pytestmark = [pytest.mark.assets,
 
 @pytest.fixture(scope="module")
 def toy_prior(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pq")
-    cfg = TrainConfig(dataset="mnist32", out=str(d / "run"), steps=2, batch=4, ckpt_every=2,
-                      log_every=2, warmup=1, unet=dict(base_channels=8, channel_mults=[1, 2],
-                                                       num_res_blocks=1, attention_resolutions=[]))
-    data = torch.rand(8, 1, 32, 32) * 2 - 1
-    ckpt = train_prior(cfg, data=data, progress=False)
-    return export_prior(ckpt, d / "export", "mnist32")  # domain mnist32: its reference split
+    from conftest import make_tiny_prior
+
+    # named mnist32 so that its domain, hence its reference split, is MNIST's
+    return make_tiny_prior(tmp_path_factory.mktemp("pq"), name="mnist32")
 
 
 def _task(tmp_path, prior_path, n=3) -> object:

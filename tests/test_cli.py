@@ -8,7 +8,6 @@ import torch
 
 from diffinv.cli import COMMAND_MODULES, build_parser, main
 from diffinv.diffusion.zoo import available_priors
-from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
 
 
 def test_help_names_every_command_with_one_line(capsys):
@@ -30,12 +29,9 @@ def test_module_entry_point_runs():
 
 @pytest.fixture(scope="module")
 def toy_prior(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cli")
-    cfg = TrainConfig(out=str(d / "run"), steps=2, batch=4, ckpt_every=2, log_every=2, warmup=1,
-                      unet=dict(base_channels=8, channel_mults=[1, 2], num_res_blocks=1,
-                                attention_resolutions=[]))
-    ckpt = train_prior(cfg, data=torch.rand(8, 1, 16, 16) * 2 - 1, progress=False)
-    return export_prior(ckpt, d / "export", "toy")
+    from conftest import make_tiny_prior
+
+    return make_tiny_prior(tmp_path_factory.mktemp("cli"), size=16)
 
 
 def test_sample_writes_a_grid_and_exact_tensor(tmp_path, toy_prior):

@@ -13,18 +13,6 @@ from safetensors.torch import load_file
 
 from diffinv.cli import main
 from diffinv.errors import MissingAssetError
-from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
-
-
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("solve-prior")
-    cfg = TrainConfig(out=str(d / "run"), steps=2, batch=4, ckpt_every=2, log_every=2, warmup=1,
-                      unet=dict(base_channels=8, channel_mults=[1, 2], num_res_blocks=1,
-                                attention_resolutions=[]))
-    g = torch.Generator().manual_seed(0)
-    ckpt = train_prior(cfg, data=torch.rand(8, 1, 32, 32, generator=g) * 2 - 1, progress=False)
-    return Path(export_prior(ckpt, d / "export", "toy"))
 
 
 def _measure(out: Path, op: str, noise: str = "gaussian:0.05") -> Path:

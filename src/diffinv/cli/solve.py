@@ -47,9 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    import shutil
-    import tempfile
     from pathlib import Path
 
     import torch
@@ -57,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
     from diffinv import load_prior
     from diffinv.cli.measure import parse_settings
-    from diffinv.data.images import make_grid, save_image
+    from diffinv.data.images import make_grid, save_image, save_panel
     from diffinv.errors import DiffinvError
+    from diffinv.fileio import atomic_folder
     from diffinv.physics import load_measurement
     from diffinv.physics.measurement import png_view
     from diffinv.solvers import make_solver
@@ -99,22 +97,17 @@ def run(args: argparse.Namespace) -> int:
 
         for name in ("psnr", "ssim"):
             info[name] = [float(v) for v in get_metric(name)(x, truth)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         estimates = {f"estimate.{k}": result.trace[k].detach().cpu().contiguous()
                      for k in ("kernel", "theta", "z")  # blind solvers' operator estimates
                      if isinstance(result.trace.get(k), torch.Tensor)}
         save_file({"x": x.contiguous(), **estimates}, tmp / "result.safetensors")
         scale = max(1, 128 // x.shape[-1])
         save_image(make_grid(x.clamp(-1, 1), ncol=min(8, len(x))), tmp / "result.png", scale)
-        rows = ([truth.clamp(-1, 1)] if truth is not None else [])
-        yv = png_view(m.y)
-        if yv.shape == x.shape:
-            rows.append(yv)
-        rows.append(x.clamp(-1, 1))
-        panel = torch.stack(rows, 1).flatten(0, 1)
-        save_image(make_grid(panel, ncol=len(rows)), tmp / "panel.png", scale)
+        # truth | y | result; a low-resolution or non-image y is shown enlarged (png_view)
+        columns = ([truth.clamp(-1, 1)] if truth is not None else []) + [png_view(m.y),
+                                                                           x.clamp(-1, 1)]
+        save_panel(columns, tmp / "panel.png", scale=scale)
         if "variance" in result.trace and "loss" in result.trace:  # an iterative solver's curves
             from diffinv.solvers.early_stopping import plot_trace
 
@@ -125,13 +118,6 @@ def run(args: argparse.Namespace) -> int:
                     cast = int if key.endswith("iteration") else float
                     info[key] = [cast(v) for v in result.trace[key]]
         (tmp / "metrics.json").write_text(json.dumps(info, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary = {k: info[k] for k in ("nfe", "seconds") if k in info}
     for k in ("psnr", "ssim"):
         if k in info:

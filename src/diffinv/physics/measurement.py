@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from torch import Tensor
 
 from diffinv.checks import check_image
 from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError, ShapeError
+from diffinv.fileio import atomic_folder
 from diffinv.physics.base import Operator
 from diffinv.physics.kernels import check_kernel
 from diffinv.physics.noise import NoiseModel, make_noise
@@ -165,15 +164,6 @@ def _write_png(y: Tensor, path: Path, image_like: bool) -> None:
                scale=max(1, 128 // max(v.shape[-2:])))
 
 
-def _default_permissions(folder: Path) -> None:
-    """``mkdtemp`` makes a private folder: give it (and its files) the usual umask modes."""
-    mask = os.umask(0)
-    os.umask(mask)
-    folder.chmod(0o777 & ~mask)
-    for f in folder.iterdir():
-        f.chmod(0o666 & ~mask)
-
-
 def save_measurement(m: Measurement, directory: str | os.PathLike, *,
                      overwrite: bool = False) -> Path:
     """Write ``m`` to ``directory`` (see the module docstring), all or nothing.
@@ -188,9 +178,7 @@ def save_measurement(m: Measurement, directory: str | os.PathLike, *,
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise DiffinvError(f"{out} exists and is not empty (overwrite it with --overwrite / "
                            "overwrite=True)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         cfg, cfg_tensors = _split_config(m.config)
         tensors = {"y": m.y.detach().cpu().contiguous(), **cfg_tensors}
         tensors.update({f"param.{k}": v.detach().cpu().contiguous() for k, v in m.params.items()})
@@ -213,13 +201,6 @@ def save_measurement(m: Measurement, directory: str | os.PathLike, *,
         entry = OPERATORS.get(m.operator)
         _write_png(m.y, tmp / PNG_FILE, getattr(entry.factory if entry else None, "image_like",
                                                 True))
-        _default_permissions(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -41,7 +41,13 @@ from typing import Any
 
 from diffinv.bench.errors import BenchConfigError
 from diffinv.bench.jobs import RunContext, UnitResult, register_job_kind
-from diffinv.bench.kinds.restore import _load_prior, _prior_source, _solvers, _task_parts, resolve
+from diffinv.bench.kinds.restore import (
+    _load_prior,
+    _solvers,
+    _task_parts,
+    resolve,
+    validate_entries,
+)
 from diffinv.bench.spec import Cell
 from diffinv.errors import DiffinvError, UnknownNameError
 from diffinv.seeding import image_seed
@@ -63,32 +69,17 @@ def _check_options(ctx: RunContext) -> None:
 
 def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
     """Options, metric names, batch sizes, and every solver / operator / noise / prior name."""
-    from diffinv.physics import make_noise, make_operator
-
     _check_options(ctx)
     for m in ctx.metrics:
         if m not in METRICS:
             raise UnknownNameError("overhead metric", m, list(METRICS))
         if m in PROFILE and not ctx.options["profile"]:
             raise BenchConfigError(f"metric {m!r} needs [run] profile = true")
-    make_solver = _solvers()
-    seen: set[str] = set()
     for cell in cells:
         b = cell["batch"]
         if isinstance(b.value, bool) or not isinstance(b.value, int) or b.value < 1:
             raise BenchConfigError(f"batch size {b.label!r} must be a positive integer")
-        for axis, entry in cell:
-            if axis == "batch" or entry.digest in seen:
-                continue
-            seen.add(entry.digest)
-            if axis == "method":
-                make_solver(entry.name, **entry.params)
-            elif axis == "task":
-                op, params, noise = _task_parts(entry)
-                make_operator(op, **params)
-                make_noise(noise)
-            else:
-                _prior_source(entry)
+    validate_entries(cells, skip=("batch",))
 
 
 def _sync(device: Any) -> None:

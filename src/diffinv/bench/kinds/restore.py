@@ -99,25 +99,16 @@ def _load_prior(ctx: RunContext, prior: Entry) -> Any:
                                                                  device=ctx.device))
 
 
-def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
-    """Resolve every name (data set, split, solver, operator, noise, metric) before any work."""
-    from diffinv.data import SPLITS, canonical_name
-    from diffinv.errors import UnknownNameError
-    from diffinv.metrics import get_metric
+def validate_entries(cells: Sequence[Cell], skip: tuple[str, ...] = ()) -> None:
+    """Build every method, task (operator + noise) and prior source of the grid once, so a bad
+    name or parameter fails before any work; axes in ``skip`` are left to the caller."""
     from diffinv.physics import make_noise, make_operator
 
     make_solver = _solvers()
-    name, split = _dataset(str(ctx.options["dataset"]))
-    canonical_name(name)
-    if split not in SPLITS:
-        raise UnknownNameError("split", split, list(SPLITS))
-    for m in ctx.metrics:
-        if trace_key(m) is None:
-            get_metric(m)
     seen: set[str] = set()
     for cell in cells:
         for axis, entry in cell:
-            if entry.digest in seen:
+            if axis in skip or entry.digest in seen:
                 continue
             seen.add(entry.digest)
             if axis == "method":
@@ -128,6 +119,22 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
                 make_noise(noise)
             else:
                 _prior_source(entry)
+
+
+def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
+    """Resolve every name (data set, split, solver, operator, noise, metric) before any work."""
+    from diffinv.data import SPLITS, canonical_name
+    from diffinv.errors import UnknownNameError
+    from diffinv.metrics import get_metric
+
+    name, split = _dataset(str(ctx.options["dataset"]))
+    canonical_name(name)
+    if split not in SPLITS:
+        raise UnknownNameError("split", split, list(SPLITS))
+    for m in ctx.metrics:
+        if trace_key(m) is None:
+            get_metric(m)
+    validate_entries(cells)
     n = len(_split(ctx))
     most = max(c.target for c in cells)
     if most > n:
