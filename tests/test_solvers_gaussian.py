@@ -73,7 +73,7 @@ def test_pigdm_exact_when_its_gaussian_approximation_is(gaussian_problem):
     (data_var = c), so PiGDM with eta = 1 targets the exact posterior: mean within 4 SE and
     standard deviations within 10% (1000 steps; the DDIM discretisation error is a few %)."""
     prior, y, pub, mean, cov, _, _ = _problem(gaussian_problem, iso=0.25)
-    m, sd, se = _run("pigdm", prior, y, pub, data_var=0.25, steps=1000)
+    m, sd, se = _run("pigdm", prior, y, pub, data_var=0.25, steps=1000, weighting="score")
     assert ((m - mean).abs() <= 4 * se).all(), ((m - mean) / se)
     assert ((sd / cov.diag().sqrt() - 1).abs() < 0.10).all(), (sd, cov.diag().sqrt())
 
@@ -91,7 +91,7 @@ def test_pigdm_default_mean_bounded(gaussian_problem):
     """Correlated prior: PiGDM's isotropic r_t^2 (data_var = 1) is an approximation; its mean
     error is bounded by 40% of the prior-to-posterior distance, 10% on observed pixels."""
     prior, y, pub, mean, _, mu, obs = _problem(gaussian_problem)
-    m, _, se = _run("pigdm", prior, y, pub)
+    m, _, se = _run("pigdm", prior, y, pub, weighting="score")
     _bound(m, se, mean, mu, obs, 0.40, 0.10)
 
 

@@ -113,8 +113,8 @@ def test_dps_nll_step_descends_noise_nll(gaussian_problem):
 
 
 def test_pigdm_vector_and_step(gaussian_problem):
-    """v = A^T (r^2 A A^T + sigma^2 I)^{-1} (y - A x0); the step adds the conditional-score
-    correction (sqrt(ab') (1-a)/sqrt(a) - c2 sqrt(1-a)) J^T v."""
+    """v = A^T (r^2 A A^T + sigma^2 I)^{-1} (y - A x0); the step adds J^T v times the weighting's
+    coefficient (score: sqrt(ab') (1-a)/sqrt(a) - c2 sqrt(1-a); official: RED-diff's)."""
     op = make_operator("sr-avgpool", factor=2)
     x0 = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     y = torch.randn(2, 1, 2, 2, dtype=torch.float64)
@@ -126,11 +126,16 @@ def test_pigdm_vector_and_step(gaussian_problem):
     for b in range(2):
         want = A.T @ M @ (y[b].flatten() - A @ x0[b].flatten())
         assert torch.allclose(v[b].flatten(), want, atol=1e-9)
-    # the full step on the Gaussian prior (identity operator, eta = 0)
+    # the full step on the Gaussian prior (identity operator, eta = 0), both weightings
+    for weighting in ("score", "official"):
+        _check_pigdm_step(gaussian_problem, weighting)
+
+
+def _check_pigdm_step(gaussian_problem, weighting):
     prior, a, x_t, x0g, eps, J = _step_fixture(gaussian_problem, clip=False)
     ap = 0.6
     yy = torch.tensor([[[[0.3, 0.1], [-0.2, 0.5]]], [[[-0.1, 0.2], [0.4, 0.2]]]])
-    solver = make_solver("pigdm", eta=0.0)
+    solver = make_solver("pigdm", eta=0.0, weighting=weighting)
     ctx, step = _ctx_step(prior, yy, make_operator("identity"), {}, "gaussian:0.1", 500, a, x_t,
                           x0g, eps, torch.zeros(2, 1, 2, 2))
     step.abar_prev = ap
@@ -141,7 +146,10 @@ def test_pigdm_vector_and_step(gaussian_problem):
     for b in range(2):
         res = yy[b].flatten().double() - x0g[b].detach().flatten().double()
         g = J.T @ res / (rr2 + 0.01)
-        coef = ap ** 0.5 * (1 - a) / a ** 0.5 - c2 * (1 - a) ** 0.5
+        if weighting == "score":  # x0 moves by (1 - a)/sqrt(a) g: the likelihood score
+            coef = ap ** 0.5 * (1 - a) / a ** 0.5 - c2 * (1 - a) ** 0.5
+        else:  # RED-diff's pgdm.py: x0 moves by sqrt(a) r^2 g, eps re-derived from x0
+            coef = (ap ** 0.5 - c2 * a ** 0.5 / (1 - a) ** 0.5) * a ** 0.5 * rr2
         assert torch.allclose(out[b].flatten().double(), coef * g, atol=1e-5)
 
 
