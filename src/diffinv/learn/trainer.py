@@ -19,7 +19,10 @@ import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -111,6 +114,36 @@ class _Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+@contextmanager
+def stop_requests():
+    """While active, SIGTERM and SIGINT only set ``flag["stop"]``: the loop then checkpoints at
+    the end of the current step and returns, so ``kill`` (or Ctrl-C) loses no finished step.
+    Outside the main thread (where handlers cannot be installed) signals keep their default."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        flag["stop"] = True
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _agreed(flag: bool, ddp: _Dist, device: torch.device) -> bool:
+    """A stop request seen by any rank stops every rank at the same step."""
+    if not ddp.active:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -205,49 +238,54 @@ def train_prior(
                 ckpt_path,
             )
 
-    while step < end:
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        idx, t, noise = draw_batch(len(data), cfg.batch, cfg.T, image_shape, cfg.seed, step)
-        sl = slice(ddp.rank * local, (ddp.rank + 1) * local)
-        x0 = data_dev[idx[sl].to(dev)]
-        loss = diffusion_loss(net, schedule, x0, t[sl], noise[sl].to(dev))
-        if not torch.isfinite(loss):
-            checkpoint()
-            raise DiffinvError(
-                f"loss became {loss.item()} at step {step}; last good state is in {ckpt_path}"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(model)
-        step += 1
-        losses.append(loss.item())
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == end:
-            now = time.time()
-            ips = (step - n_last) * cfg.batch / max(now - t_last, 1e-9)
-            mean_loss = sum(losses) / len(losses)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
-            if ddp.main:
-                with open(log_path, "a") as f:
-                    f.write(
-                        json.dumps(
-                            {
-                                "step": step,
-                                "loss": mean_loss,
-                                "lr": learning_rate(cfg, step - 1),
-                                "images_per_s": ips,
-                                "time": now,
-                            }
+    with stop_requests() as stop:
+        while step < end:
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+            idx, t, noise = draw_batch(len(data), cfg.batch, cfg.T, image_shape, cfg.seed, step)
+            sl = slice(ddp.rank * local, (ddp.rank + 1) * local)
+            x0 = data_dev[idx[sl].to(dev)]
+            loss = diffusion_loss(net, schedule, x0, t[sl], noise[sl].to(dev))
+            if not torch.isfinite(loss):
+                checkpoint()
+                raise DiffinvError(
+                    f"loss became {loss.item()} at step {step}; last good state is in {ckpt_path}"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            ema.update(model)
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == end:
+                now = time.time()
+                ips = (step - n_last) * cfg.batch / max(now - t_last, 1e-9)
+                mean_loss = sum(losses) / len(losses)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
+                if ddp.main:
+                    with open(log_path, "a") as f:
+                        f.write(
+                            json.dumps(
+                                {
+                                    "step": step,
+                                    "loss": mean_loss,
+                                    "lr": learning_rate(cfg, step - 1),
+                                    "images_per_s": ips,
+                                    "time": now,
+                                }
+                            )
+                            + "\n"
                         )
-                        + "\n"
-                    )
-            t_last, n_last, losses = now, step, []
-        if step % cfg.ckpt_every == 0 or step == end:
-            checkpoint()
+                t_last, n_last, losses = now, step, []
+            stop_now = _agreed(stop["stop"], ddp, dev)
+            if step % cfg.ckpt_every == 0 or step == end or stop_now:
+                checkpoint()
+            if stop_now:
+                bar.write(f"stopped by a signal at step {step}; checkpoint written: {ckpt_path}")
+                break
     bar.close()
     if ddp.active:
         dist.barrier()
