@@ -15,9 +15,18 @@ iterate (``sigma' = 0``: the final Tweedie estimate, made consistent with ``y`` 
 ``sigma_y = 0``). 20 steps on the timesteps ``0, 50, ..., 950`` (the official ``skip`` grid),
 ``eta = 0.85``, ``eta_b = 1`` (official defaults).
 
-Deviations: the Tweedie estimate is the prior's (clamped to [-1, 1] when the prior clips; the
-official code does not clip inside the loop); the official code's initial ``x_T`` divides by
-``sigma_T`` rather than multiplying by ``sqrt(abar_T)`` (a factor ``sqrt(1 - abar_T)`` apart).
+Deviations from the official code (``functions/denoising.py``, ``efficient_generalized_steps``):
+
+* the Tweedie estimate is the prior's (clamped to [-1, 1] when the prior clips; the official code
+  does not clip inside the loop, only when saving images). The null-space update then uses
+  ``(c - x0)/sigma_t``, which equals the official ``V^T eps`` only where no clamp is active;
+* the official initial ``x_T`` divides ``V c_T`` by ``sigma_T`` rather than multiplying it by
+  ``sqrt(abar_T)`` (a factor ``sqrt(1 - abar_T)`` apart);
+* ties ``sigma' = sigma_y / s_i`` go to the ``>=`` case here (paper, eq. 8). The code uses strict
+  inequalities and sends a tie to the null-space formula. That only happens at the last step of a
+  noiseless problem: the code then returns ``x0_hat`` on the observed coordinates, and this module
+  returns ``yb``, i.e. exact consistency with ``y``;
+* the two fresh-noise draws are organised differently (the same distribution, different streams).
 """
 
 from __future__ import annotations

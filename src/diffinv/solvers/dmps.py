@@ -17,7 +17,12 @@ adds ``lambda beta_t / sqrt(alpha_t) grad log p~(y | x_t)`` to the unconditional
 ``lam`` (the paper's lambda) defaults to 1 (PROVISIONAL for 32x32).
 
 Deviations: the ancestral step uses the clamped Tweedie estimate (guided-diffusion's
-``clip_denoised``), so the prior part equals the score form only where no clamp is active.
+``clip_denoised``), so the prior part equals the score form only where no clamp is active. As in
+the paper, the likelihood score is evaluated at the step's input ``x_t``. The official code
+(``condition_methods.py``, ``dmps``) evaluates it at the unconditional proposal ``x'``
+(``out['sample']``), keeping ``abar_t``. Its configs use ``scale = 1.75`` for every task (SR x4,
+Gaussian deblur, denoising; FFHQ 256, sigma_y = 0.05). Our default ``lam = 1`` is the exact
+posterior score of the approximation and is provisional until tuned at 32x32.
 """
 
 from __future__ import annotations

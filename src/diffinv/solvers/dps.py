@@ -25,6 +25,7 @@ ancestral step is the prior's (our embedded priors are "fixed_small"; the offici
 learns its range). Scales: ``scale`` is one number or a table operator name -> number; the
 defaults below are the official FFHQ 256x256 configs (0.3 SR/deblur, 0.5 inpainting, 1.0 phase
 retrieval) and are **provisional** for 32x32 until they are tuned on validation images.
+``sampler="ddim"`` and ``steps < 1000`` are extensions: the official code runs 1000 DDPM steps.
 """
 
 from __future__ import annotations

@@ -16,7 +16,12 @@ Refinement runs while ``t >= stop_t`` (ILVR's conditioning range; 0 = every step
 
 Deviations: ILVR's code uses a bicubic resizer for ``down``/``up``; here ``phi_N`` is the
 operator's own ``A^+ A`` through its SVD, so ILVR accepts only downsampling operators with an SVD
-(``sr-avgpool``); the measurement noise is ignored (ILVR is a noiseless method).
+(``sr-avgpool``); the measurement noise is ignored (ILVR is a noiseless method). As in the paper
+(Algorithm 1), the reference is noised to the output's level ``t-1`` (``abar_prev``; ``y`` itself
+at the last step). The official ``p_sample_loop_progressive`` noises it to the input's level ``t``
+(``q_sample(ref, t)``) and refines only while ``t > range_t``; with its default ``range_t = 0`` it
+therefore skips the last step. Here ``stop_t = 0`` refines every step, the last one included, and
+a code setting ``range_t = r`` corresponds to ``stop_t = r + 1``.
 """
 
 from __future__ import annotations

@@ -14,8 +14,12 @@ MCG needs a linear operator with an SVD; for inpainting the projection is the pa
 Deviations: the gradient is that of the unsquared norm with DPS's per-task scale (DPS's
 ``mcg`` conditioning method; the MCG paper writes ``alpha * grad ||W(y - H x0_hat)||^2``); the
 measurement is noised to the output's level ``i-1`` (paper) whereas DPS's code noises it to level
-``i``. With a noisy ``y`` the projection imposes the measurement's noise (a known weakness of MCG
-on noisy problems, which the DPS paper points out). Scales: PROVISIONAL (DPS defaults).
+``i``. The measurement is noised through the operator, ``A z`` with ``z`` in image space, as ILVR
+does; DPS's code adds ``N(0, I)`` in measurement space instead. The two agree for inpainting
+masks (``A A^T = I``) and differ in scale for average-pooling SR. With a noisy ``y`` the
+projection imposes the measurement's noise (a known weakness of MCG on noisy problems, which the
+DPS paper points out). Scales: PROVISIONAL (DPS defaults). The MCG authors' own repository
+(HJ-harry/MCG_diffusion) was not checked; DPS's ``mcg`` method is the reference here.
 """
 
 from __future__ import annotations
