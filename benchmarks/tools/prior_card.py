@@ -34,6 +34,42 @@ def wall_seconds(log: list[dict], max_gap: float = 600.0) -> float:
     return total
 
 
+def training_phases(log: list[dict], final_step: int) -> list[dict]:
+    """Consecutive step ranges trained with one (lr, precision, ...): from the trainer's
+    ``{"event": "start"}`` lines, and for a log that predates them, from the lr of its loss lines
+    (precision fp32, the only one the trainer had then)."""
+    phases: list[dict] = []
+    prev_step = 0
+    for r in log:
+        if r.get("event") == "start":
+            c = r["config"]
+            key = {"lr": c["lr"], "lr_schedule": c["lr_schedule"], "precision": c.get("precision", "fp32"),
+                   "batch": c["batch"], "ema_decay": c["ema_decay"]}
+            if phases and {k: phases[-1][k] for k in key} == key:
+                continue
+            if phases:
+                phases[-1]["to_step"] = r["step"]
+            phases.append({"from_step": r["step"], **key})
+        elif "loss" in r and (not phases or "legacy" in phases[-1]):
+            # a log from before the start events: a new phase where the logged lr changes after
+            # the first phase's warm-up (its start step is then known to the log interval only)
+            if not phases:
+                phases.append({"from_step": 0, "lr": r["lr"], "lr_schedule": "constant",
+                               "precision": "fp32", "batch": None, "ema_decay": None, "legacy": True})
+            elif r["lr"] != phases[-1]["lr"]:
+                if len(phases) == 1 and r["lr"] > phases[-1]["lr"]:
+                    phases[-1]["lr"] = r["lr"]  # still warming up
+                else:
+                    phases[-1]["to_step"] = prev_step
+                    phases.append({**phases[-1], "from_step": prev_step, "lr": r["lr"]})
+                    del phases[-1]["to_step"]
+        if "loss" in r:
+            prev_step = r["step"]
+    if phases:
+        phases[-1]["to_step"] = final_step
+    return phases
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
@@ -52,7 +88,8 @@ def main() -> None:
 
     ckpt = args.run / "checkpoint.pt"
     cfg = json.loads((args.run / "config.json").read_text())
-    log = [json.loads(line) for line in (args.run / "train_log.jsonl").read_text().splitlines() if line]
+    full_log = [json.loads(line) for line in (args.run / "train_log.jsonl").read_text().splitlines() if line]
+    log = [r for r in full_log if "loss" in r]
     out = ROOT / "benchmarks" / "priors"
     out.mkdir(parents=True, exist_ok=True)
     steps = [r["step"] for r in log]
@@ -75,11 +112,13 @@ def main() -> None:
         f"diffinv train-prior --dataset {cfg['dataset']} --out runs/{args.name}",
         f"--steps {cfg['steps']} --batch {cfg['batch']} --lr {cfg['lr']} --warmup {cfg['warmup']}",
         f"--ema-decay {cfg['ema_decay']} --base-channels {u['base_channels']} --channel-mults {mults}",
-        f"--num-res-blocks {u['num_res_blocks']} --attention {attn} --seed {cfg['seed']} --threads 1",
+        f"--num-res-blocks {u['num_res_blocks']} --attention {attn} --seed {cfg['seed']}",
+        f"--precision {cfg.get('precision', 'fp32')} --threads 1",
     ])
+    steps_done = int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"])
     info = {
         "name": args.name, "command": command,
-        "steps_done": int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"]),
+        "steps_done": steps_done, "phases": training_phases(full_log, steps_done),
         "batch": cfg["batch"], "lr": cfg["lr"], "ema_decay": cfg["ema_decay"],
         "wall_seconds": round(wall_seconds(log)), "machine": f"{platform.machine()} CPU, "
         f"torch {torch.__version__}, 1 thread per run, two runs sharing 2 cores with other work",

@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attention", type=_ints, default=[8], help="resolutions with self-attention")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: bfloat16 autocast of the forward pass (~1.5x faster on CPUs with AVX512-BF16)",
+    )
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         ema_decay=args.ema_decay,
         seed=args.seed,
+        precision=args.precision,
         ckpt_every=args.ckpt_every,
         unet=dict(
             base_channels=args.base_channels,

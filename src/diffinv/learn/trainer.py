@@ -11,6 +11,12 @@ averaging then makes W ranks equivalent to one process with the full batch.
 
 Optimiser AdamW, linear warm-up then constant (or cosine) learning rate, gradient clipping,
 EMA of the weights, atomic checkpoints every ``ckpt_every`` steps, a JSON-lines log.
+
+Precision: ``precision="bf16"`` runs the network's forward pass under bfloat16 autocast (weights,
+optimiser state, EMA and the loss stay float32); on CPUs with AVX512-BF16 this is ~1.5x faster
+per step for the shipped UNet. Every start or resume appends an ``{"event": "start", ...}`` line
+with the full configuration to the log, so a run trained in phases (other lr, other precision)
+keeps its history.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from diffinv.learn.ema import EMA
 from diffinv.seeding import image_seed
 
 CHECKPOINT = "checkpoint.pt"
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -57,6 +64,7 @@ class TrainConfig:
     log_every: int = 25
     schedule: str = "linear"
     T: int = 1000
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast of the forward pass)
     unet: dict = field(
         default_factory=lambda: dict(
             base_channels=32, channel_mults=[1, 2, 2], num_res_blocks=2, attention_resolutions=[8]
@@ -70,6 +78,8 @@ class TrainConfig:
             raise DiffinvError(
                 f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
             )
+        if self.precision not in PRECISIONS:
+            raise DiffinvError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -96,7 +106,12 @@ def diffusion_loss(
 ) -> torch.Tensor:
     ab = schedule.at(schedule.alpha_bar, t, x0.ndim, x0.device)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-    return (model(x_t, t.to(x0.device)) - noise).pow(2).mean()
+    return (model(x_t, t.to(x0.device)).float() - noise).pow(2).mean()
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of ``precision``: bfloat16 for "bf16", a no-op for "fp32"."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class _Dist:
@@ -215,6 +230,9 @@ def train_prior(
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        with open(log_path, "a") as f:
+            event = {"event": "start", "step": step, "time": time.time(), "config": asdict(cfg)}
+            f.write(json.dumps(event) + "\n")
     end = cfg.steps if max_steps_this_run is None else min(cfg.steps, step + max_steps_this_run)
     bar = tqdm(
         total=cfg.steps,
@@ -245,7 +263,8 @@ def train_prior(
             idx, t, noise = draw_batch(len(data), cfg.batch, cfg.T, image_shape, cfg.seed, step)
             sl = slice(ddp.rank * local, (ddp.rank + 1) * local)
             x0 = data_dev[idx[sl].to(dev)]
-            loss = diffusion_loss(net, schedule, x0, t[sl], noise[sl].to(dev))
+            with autocast(cfg.precision, dev):
+                loss = diffusion_loss(net, schedule, x0, t[sl], noise[sl].to(dev))
             if not torch.isfinite(loss):
                 checkpoint()
                 raise DiffinvError(
