@@ -76,3 +76,16 @@ def test_oracle_column_is_the_best_iterate_and_the_result_ignores_the_truth(
         assert dm["trace:iterations_run"] == float(without.trace["iterations_run"][i])
         assert math.isnan(dps["oracle"]) and math.isnan(dps["trace:iterations_run"])
         assert not math.isnan(dps["psnr"])
+
+
+def test_the_truth_goes_to_the_solver_only_for_columns_that_need_it():
+    from diffinv.bench.kinds.restore import _evaluation_kwargs
+    from diffinv.solvers import make_solver
+
+    x = torch.zeros(1, 1, 32, 32)
+    dmplug, dps = make_solver("dmplug"), make_solver("dps")
+    for metrics in (["psnr", "oracle"], ["trace:wmv_50_100_psnr"], ["trace:oracle_iteration"]):
+        assert _evaluation_kwargs(dmplug, metrics, x)["truth"] is x
+        assert _evaluation_kwargs(dps, metrics, x) == {}
+    for metrics in (["psnr", "ssim"], ["trace:iterations_run", "trace:wmv_50_100_iterations_run"]):
+        assert _evaluation_kwargs(dmplug, metrics, x) == {}

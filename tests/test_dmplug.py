@@ -213,6 +213,40 @@ def test_output_is_the_es_pick_and_the_truth_is_evaluation_only(prior, truth):
     assert torch.isfinite(tr["variance"][9:]).all() and torch.isnan(tr["variance"][:9]).all()
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_candidate_rules_report_what_their_own_runs_would(prior, truth, optimizer):
+    m = measure(truth, "identity", "gaussian:0.2", seed=0)
+    kw = dict(iterations=300 if optimizer == "adam" else 30, lr=0.05 if optimizer == "adam" else 0.1,
+              optimizer=optimizer)
+    rules = [(10, 30), (20, 15), (5, 400)] if optimizer == "adam" else [(3, 5), (5, 10), (10, 30)]
+    sweep = make_solver("dmplug", **kw, wmv_candidates=rules)(m.y, m.public(), prior, seed=0,
+                                                              truth=truth)
+    plain = make_solver("dmplug", **kw)(m.y, m.public(), prior, seed=0)
+    assert torch.equal(sweep.x, plain.x)  # watching changes nothing
+    stops = 0
+    for w, p in rules:
+        own = make_solver("dmplug", **kw, early_stop="wmv", window=w, patience=p)(
+            m.y, m.public(), prior, seed=0, truth=truth)
+        key = f"wmv_{w}_{p}"
+        assert torch.equal(sweep.trace[f"{key}_picked_iteration"], own.trace["picked_iteration"])
+        assert torch.equal(sweep.trace[f"{key}_stop_iteration"], own.trace["stop_iteration"])
+        stopped = own.trace["stop_iteration"] >= 0
+        assert torch.equal(sweep.trace[f"{key}_iterations_run"][stopped],
+                           own.trace["stop_iteration"][stopped] + 1)
+        assert torch.allclose(sweep.trace[f"{key}_psnr"], psnr(own.x, truth).double(), atol=1e-4)
+        stops += int(stopped.sum())
+    assert stops >= 3  # some rules stopped early, some ran out of budget
+
+
+def test_candidate_rules_are_validated():
+    with pytest.raises(DiffinvError, match="window"):
+        make_solver("dmplug", wmv_candidates=[(1, 10)])
+    with pytest.raises(DiffinvError, match="pairs"):
+        make_solver("dmplug", wmv_candidates=[(10, 10, 10)])
+    with pytest.raises(DiffinvError, match="pairs"):
+        make_solver("dmplug", wmv_candidates=5)
+
+
 class NaNAfter(Operator):
     """Identity, except that image 1's measurement is NaN from the ``k``-th call on."""
 

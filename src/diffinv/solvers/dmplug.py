@@ -63,6 +63,14 @@ without early stopping) and, with a truth, ``"psnr"``: (iterations, B) float64 t
 reached), ``"nonfinite_iteration"`` (-1: none), ``"iterations_run"`` (B,) tensors;
 ``"iterations"`` (budget), ``"timesteps"``, ``"backward_nfe"``; blind: the estimates at the output
 iteration, ``"kernel"`` (B, k, k), ``"theta"`` or ``"z"`` (B,).
+
+**Choosing W and P on one run.** ES-WMV only reads the iterates, and stopping only truncates the
+run (the iterates before a stop do not depend on it), so what any (W, P) would pick and where it
+would stop can be read off a single run: ``wmv_candidates=[(W, P), ...]`` watches the iterates
+with each of those rules (within the run's own budget and stop) and adds
+``"wmv_W_P_picked_iteration"``, ``"_stop_iteration"``, ``"_iterations_run"`` and, with a truth,
+``"_psnr"`` (B,) entries to the trace, equal to what a run with ``early_stop="wmv"``, that W and P
+would report (``tests/test_dmplug.py``). The output never depends on them.
 """
 
 from __future__ import annotations
@@ -202,8 +210,11 @@ class _Recorder:
     """Per-iteration logs, non-finite handling, ES-WMV and the output candidates of a batch."""
 
     def __init__(self, batch: int, es: WMVEarlyStopping | None, truth: Tensor | None,
-                 callback: Callable[[int, Tensor], None] | None):
+                 callback: Callable[[int, Tensor], None] | None,
+                 candidates: Sequence[tuple[int, int]] = ()):
         self.B, self.es, self.truth, self.callback = batch, es, truth, callback
+        #: other (W, P) rules watching the same iterates; they never change the run or its output
+        self.candidates = {(w, p): WMVEarlyStopping(w, p) for w, p in candidates}
         self.active = torch.ones(batch, dtype=torch.bool)  # not failed
         self.nonfinite_iteration = torch.full((batch,), -1, dtype=torch.long)
         self.last_iteration = torch.full((batch,), -1, dtype=torch.long)
@@ -260,6 +271,8 @@ class _Recorder:
                                                v, old)
         else:
             self.var.append(torch.full((self.B,), float("nan"), dtype=torch.float64))
+        for rule in self.candidates.values():
+            rule.update(torch.where(m, x, torch.zeros_like(x)), it, active=ok)
         if self.truth is not None:
             from diffinv.metrics.psnr import psnr
 
@@ -291,6 +304,28 @@ class _Recorder:
                 "variance": stack_columns(self.var, self.B)}
         if self.truth is not None:
             cols["psnr"] = stack_columns(self.psnr, self.B)
+        return cols
+
+    def candidate_columns(self) -> dict[str, Tensor]:
+        """Per candidate rule (W, P): ``wmv_W_P_picked_iteration`` (-1: no check yet),
+        ``wmv_W_P_stop_iteration`` (-1: not stopped within the run), ``wmv_W_P_iterations_run``
+        (what the rule alone would have cost) and, with a truth, ``wmv_W_P_psnr`` (the PSNR of
+        its pick; of the last finite iterate when it made no check)."""
+        cols: dict[str, Tensor] = {}
+        psnr = stack_columns(self.psnr, self.B) if self.truth is not None else None
+        for (w, p), rule in self.candidates.items():
+            key = f"wmv_{w}_{p}"
+            if rule.started:
+                picked, stop = rule.best_iteration.clone(), rule.stop_iteration.clone()
+            else:
+                picked = stop = torch.full((self.B,), -1, dtype=torch.long)
+            cols[f"{key}_picked_iteration"] = picked
+            cols[f"{key}_stop_iteration"] = stop
+            cols[f"{key}_iterations_run"] = torch.where(stop >= 0, stop + 1,
+                                                        torch.full_like(stop, self.it))
+            if psnr is not None:
+                src = torch.where(picked >= 0, picked, self.last_iteration)
+                cols[f"{key}_psnr"] = psnr[src.clamp(min=0), torch.arange(self.B)]
         return cols
 
 
@@ -325,7 +360,8 @@ class DMPlug(Solver):
     Parameters: ``iterations`` (Adam steps, or L-BFGS outer steps), ``steps`` (S), ``optimizer``
     ("adam" | "lbfgs"), ``lr``, ``lbfgs_max_iter``, ``loss`` ("mse" | "l1"), ``early_stop``
     ("none" | "wmv") with ``window`` (W) and ``patience`` (P), ``checkpoint``, ``blind`` (None:
-    follow the operator; True/False: insist), ``kernel_lr``, ``param_lr``, ``kernel_size``.
+    follow the operator; True/False: insist), ``kernel_lr``, ``param_lr``, ``kernel_size``,
+    ``wmv_candidates`` (extra (W, P) ES-WMV rules watched on the same run, for choosing W and P).
     """
 
     summary = "DMPlug: gradient descent on the seed of a 3-step DDIM generator (+ES-WMV, blind)"
@@ -338,7 +374,8 @@ class DMPlug(Solver):
                  early_stop: str | None = "none", window: int = DEFAULT_WINDOW,
                  patience: int = DEFAULT_PATIENCE, checkpoint: bool = False,
                  blind: bool | None = None, kernel_lr: float = 1e-1, param_lr: float = 1e-1,
-                 kernel_size: int | None = None, spacing: str = "leading", clip: bool = True):
+                 kernel_size: int | None = None, spacing: str = "leading", clip: bool = True,
+                 wmv_candidates: Sequence[Sequence[int]] = ()):
         self.iterations = _count(iterations, "iterations")
         self.steps = _count(steps, "number of DDIM steps S")
         if optimizer not in OPTIMIZERS:
@@ -364,6 +401,15 @@ class DMPlug(Solver):
         self.kernel_size = kernel_size
         self.spacing = spacing
         self.clip = bool(clip)
+        try:
+            pairs = [tuple(c) for c in wmv_candidates]
+        except TypeError as e:
+            raise DiffinvError(f"wmv_candidates must be a list of (W, P) pairs, got "
+                               f"{wmv_candidates!r}") from e
+        if any(len(c) != 2 for c in pairs):
+            raise DiffinvError(f"wmv_candidates must be a list of (W, P) pairs, got "
+                               f"{wmv_candidates!r}")
+        self.wmv_candidates = list(dict.fromkeys(check_window_patience(w, p) for w, p in pairs))
         if optimizer == "lbfgs" and blind:
             raise DiffinvError("blind DMPlug uses Adam (the kernel has its own learning rate; "
                                "torch's L-BFGS takes one parameter group)")
@@ -484,7 +530,7 @@ class DMPlug(Solver):
         groups = [{"params": [z], "lr": self.lr}]
         groups += [{"params": [t], "lr": unknowns.lrs[k]} for k, t in unknowns.leaves.items()]
         opt = torch.optim.Adam(groups)
-        rec = _Recorder(B, self._new_es(), truth, callback)
+        rec = _Recorder(B, self._new_es(), truth, callback, self.wmv_candidates)
         n_grad = 0
         from tqdm.auto import tqdm
 
@@ -501,6 +547,7 @@ class DMPlug(Solver):
             opt.step()
         x, src, est = rec.output()
         trace: dict[str, Any] = rec.columns()
+        trace.update(rec.candidate_columns())
         trace.update(picked_iteration=src, stop_iteration=_stop_iterations(rec),
                      nonfinite_iteration=rec.nonfinite_iteration.clone(),
                      iterations_run=torch.full((B,), rec.it, dtype=torch.long),
@@ -516,7 +563,7 @@ class DMPlug(Solver):
             opt = torch.optim.LBFGS([z], lr=self.lr, max_iter=self.lbfgs_max_iter)
             rec = _Recorder(1, self._new_es(), None if truth is None else truth[i:i + 1],
                             None if callback is None else
-                            (lambda it, x, _i=i: callback(it, x)))
+                            (lambda it, x, _i=i: callback(it, x)), self.wmv_candidates)
             yi = y[i:i + 1]
             counter = [0]
             mine = unknowns.select(i, op)
@@ -542,6 +589,7 @@ class DMPlug(Solver):
             x, src, _ = rec.output()
             outs.append(x)
             t = rec.columns()
+            t.update(rec.candidate_columns())
             t.update(picked_iteration=src, stop_iteration=_stop_iterations(rec),
                      nonfinite_iteration=rec.nonfinite_iteration.clone(),
                      iterations_run=torch.tensor([rec.it]))

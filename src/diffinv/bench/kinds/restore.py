@@ -214,9 +214,11 @@ def _from_trace(trace: dict[str, Any], key: str, n: int) -> list[float]:
 
 
 def _evaluation_kwargs(solver: Any, metrics: Sequence[str], x: Any) -> dict[str, Any]:
-    """``{"truth": x}`` when the oracle column is asked for and the solver's call takes a truth
-    for evaluation (DMPlug); otherwise nothing."""
-    if ORACLE not in metrics:
+    """``{"truth": x}`` when a column needs the truth (the oracle, or a trace key about PSNR such
+    as ``trace:wmv_50_100_psnr``) and the solver's call takes a truth for evaluation (DMPlug);
+    otherwise nothing."""
+    keys = [trace_key(m) for m in metrics]
+    if not any(k and ("psnr" in k or "oracle" in k) for k in keys):
         return {}
     try:
         takes = "truth" in inspect.signature(solver.__call__).parameters
