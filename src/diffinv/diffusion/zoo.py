@@ -261,12 +261,19 @@ def load_prior(
     *,
     config: str | Path | dict | None = None,
     sha256: str | None = None,
+    precision: str = "fp32",
 ) -> DiffusionPrior:
     """A :class:`DiffusionPrior` from an embedded name or a file path (see module docstring).
 
     ``config`` (ADM ``.pt`` files only) names a preset, a JSON file or a dict; ``sha256`` pins
-    the weights file's SHA-256.
+    the weights file's SHA-256; ``precision`` is the network arithmetic ("fp32" or "bf16", see
+    :meth:`DiffusionPrior.set_precision`).
     """
+    return _load(name_or_path, device, config, sha256).set_precision(precision)
+
+
+def _load(name_or_path: str | Path, device: str | torch.device,
+          config: str | Path | dict | None, sha256: str | None) -> DiffusionPrior:
     name = str(name_or_path)
     known = available_priors()
     path = Path(name)

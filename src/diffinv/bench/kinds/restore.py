@@ -85,18 +85,23 @@ def _task_parts(task: Entry) -> tuple[str, dict[str, Any], str]:
 
 
 def _prior_source(prior: Entry) -> str:
-    extra = set(prior.params) - {"path"}
+    extra = set(prior.params) - {"path", "precision"}
     if extra:
         raise BenchConfigError(f"prior {prior.label!r}: unknown key(s) {sorted(extra)} (a prior "
-                               "is a name, or a table with name and path)")
+                               "is a name, or a table with name and optional path and precision)")
+    from diffinv.diffusion.prior import PRECISIONS
+
+    if prior.params.get("precision", "fp32") not in PRECISIONS:
+        raise BenchConfigError(f"prior {prior.label!r}: precision must be one of {PRECISIONS}")
     return str(prior.params.get("path", prior.name))
 
 
 def _load_prior(ctx: RunContext, prior: Entry) -> Any:
     from diffinv import load_prior
 
-    return ctx.cached(f"prior:{prior.digest}", lambda: load_prior(_prior_source(prior),
-                                                                 device=ctx.device))
+    return ctx.cached(f"prior:{prior.digest}", lambda: load_prior(
+        _prior_source(prior), device=ctx.device,
+        precision=str(prior.params.get("precision", "fp32"))))
 
 
 def validate_entries(cells: Sequence[Cell], skip: tuple[str, ...] = ()) -> None:

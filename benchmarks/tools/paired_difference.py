@@ -1,0 +1,91 @@
+"""Paired per-image differences between two rows of a restore run (same images, same
+measurements, same solver seeds), as a Markdown table with the 95% Student-t interval.
+
+    python benchmarks/tools/paired_difference.py benchmarks/precision.jsonl \
+        --axis prior --a "fashion32 fp32" --b "fashion32 bf16" -o benchmarks/precision_paired.md
+
+For every (other axes) cell present under both labels, the table gives N, mean(b - a) with its
+95% interval, and max |b - a|, per metric. Rows are matched by image index, so the interval is
+that of the paired difference (far tighter than comparing two means with their own intervals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from diffinv.bench.stats import mean_interval
+
+
+def load_rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a torn last line of an interrupted run
+                continue
+    return rows
+
+
+def paired(rows: list[dict], axis: str, a: str, b: str) -> dict[tuple, dict[str, list[float]]]:
+    """{(other axes' labels): {metric: [b - a per matched image]}}."""
+    side: dict[str, dict[tuple, dict]] = {a: {}, b: {}}
+    for r in rows:
+        label = r["cell"][axis]["label"]
+        if label not in side:
+            continue
+        rest = tuple(sorted((k, v["label"]) for k, v in r["cell"].items() if k != axis))
+        side[label][(rest, r["index"])] = r["metrics"]
+    out: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for key, ma in side[a].items():
+        mb = side[b].get(key)
+        if mb is None:
+            continue
+        for metric, va in ma.items():
+            if metric in mb:
+                out[key[0]][metric].append(mb[metric] - va)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("jsonl", type=Path)
+    ap.add_argument("--axis", default="prior")
+    ap.add_argument("--a", required=True, help="label of the reference row")
+    ap.add_argument("--b", required=True, help="label of the compared row")
+    ap.add_argument("-o", "--output", type=Path, default=None)
+    args = ap.parse_args()
+    diffs = paired(load_rows(args.jsonl), args.axis, args.a, args.b)
+    if not diffs:
+        raise SystemExit(f"no image is present under both {args.a!r} and {args.b!r}")
+    metrics = sorted({m for d in diffs.values() for m in d})
+    lines = [f"# Paired differences: {args.b} minus {args.a}", "",
+             f"- Source: `{args.jsonl}` (rows matched by cell and image index)",
+             "- Cells: mean of the per-image difference ± half-width of its 95% Student-t "
+             "interval; max |diff| over the images", "",
+             "| cell | N | " + " | ".join(f"{m}: mean diff | {m}: max abs" for m in metrics) + " |",
+             "|---|--:|" + "--:|--:|" * len(metrics)]
+    for rest, d in sorted(diffs.items()):
+        n = max(len(v) for v in d.values())
+        cells = []
+        for m in metrics:
+            v = d.get(m, [])
+            if not v:
+                cells += ["", ""]
+                continue
+            s = mean_interval(v)
+            cells += [f"{s.center:+.4f} ± {(s.high - s.low) / 2:.4f}" if len(v) > 1 else f"{s.center:+.4f}",
+                      f"{max(abs(x) for x in v):.4f}"]
+        name = ", ".join(label for _, label in rest)
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        args.output.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
