@@ -277,7 +277,7 @@ def test_report_numbers_match_a_hand_computation(tmp_path):
     assert header[0] == f"# Command: diffinv bench {os.path.relpath(task)}" or \
         header[0].startswith("# Command: diffinv bench ")
     md = (tmp_path / "out" / "t.md").read_text()
-    for needed in ("Command: diffinv bench", "Machine: ", "torch ", "threads", "Date: ",
+    for needed in ("Command: diffinv bench", "Machine: ", "torch ", " thread", "Date: ",
                    f"Prior p1: sha256 {p1_sha}", "| method | task | prior | score | index | NFE"):
         assert needed in md, needed
     # every row records the prior's hash

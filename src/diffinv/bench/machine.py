@@ -50,5 +50,6 @@ def describe_machine(info: dict[str, Any]) -> str:
         parts.append(f"GPU {info['gpu']}" + (f" (CUDA {info['cuda']})" if info.get("cuda") else ""))
     parts.append(f"CPU {info.get('cpu', '?')}" + (f" x{info['cpus']}" if info.get("cpus") else ""))
     parts.append(f"torch {info.get('torch', '?')}")
-    parts.append(f"{info.get('threads', '?')} threads")
+    threads = info.get("threads", "?")
+    parts.append(f"{threads} thread" + ("" if threads == 1 else "s"))
     return ", ".join(parts)
