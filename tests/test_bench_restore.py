@@ -59,8 +59,9 @@ def fake_split(dataset: str, split: str) -> ImageSet:
 def fakes(monkeypatch):
     monkeypatch.setattr(diffinv.solvers, "make_solver", fake_solver_registry, raising=False)
     monkeypatch.setattr(diffinv.data, "load_split", fake_split)
-    monkeypatch.setattr(diffinv, "load_prior", lambda name, device="cpu": SimpleNamespace(
-        sha256=SHA, domain="fashion32", name=name))
+    monkeypatch.setattr(diffinv, "load_prior", lambda name, device="cpu", precision="fp32":
+                        SimpleNamespace(sha256=SHA, domain="fashion32", name=name,
+                                        precision=precision))
     SEEN.clear()
 
 
