@@ -12,22 +12,11 @@ that of the paired difference (far tighter than comparing two means with their o
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
+from diffinv.bench.records import read_records
 from diffinv.bench.stats import mean_interval
-
-
-def load_rows(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a torn last line of an interrupted run
-                continue
-    return rows
 
 
 def paired(rows: list[dict], axis: str, a: str, b: str) -> dict[tuple, dict[str, list[float]]]:
@@ -58,7 +47,7 @@ def main() -> None:
     ap.add_argument("--b", required=True, help="label of the compared row")
     ap.add_argument("-o", "--output", type=Path, default=None)
     args = ap.parse_args()
-    diffs = paired(load_rows(args.jsonl), args.axis, args.a, args.b)
+    diffs = paired(read_records(args.jsonl)[0], args.axis, args.a, args.b)
     if not diffs:
         raise SystemExit(f"no image is present under both {args.a!r} and {args.b!r}")
     metrics = sorted({m for d in diffs.values() for m in d})

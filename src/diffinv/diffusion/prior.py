@@ -35,6 +35,11 @@ VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 PRECISIONS = ("fp32", "bf16")
 
 
+def autocast(precision: str, device: torch.device):
+    """The autocast context of ``precision``: bfloat16 for "bf16", a no-op for "fp32"."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 class DiffusionPrior(nn.Module):
     """``prior.eps``, ``prior.x0`` (Tweedie, clamped), ``prior.score`` and the sampler steps."""
 
@@ -120,8 +125,7 @@ class DiffusionPrior(nn.Module):
         t = self._t(t, x_t.shape[0])
         if not torch.isfinite(x_t).all():
             raise NonFiniteError(f"x_t holds NaN/Inf values at timestep {t[0].item()}")
-        with torch.autocast(x_t.device.type, dtype=torch.bfloat16,
-                            enabled=self.precision == "bf16"):
+        with autocast(self.precision, x_t.device):
             out = self.network(x_t, self.schedule.timesteps[t].to(x_t.device))
         out = out.to(x_t.dtype)
         self._nfe += 1

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from diffinv.diffusion.prior import PRECISIONS, autocast
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.diffusion.unet import UNet
 from diffinv.errors import DiffinvError
@@ -44,7 +45,6 @@ from diffinv.learn.ema import EMA
 from diffinv.seeding import image_seed
 
 CHECKPOINT = "checkpoint.pt"
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -107,11 +107,6 @@ def diffusion_loss(
     ab = schedule.at(schedule.alpha_bar, t, x0.ndim, x0.device)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
     return (model(x_t, t.to(x0.device)).float() - noise).pow(2).mean()
-
-
-def autocast(precision: str, device: torch.device):
-    """The autocast context of ``precision``: bfloat16 for "bf16", a no-op for "fp32"."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class _Dist:
