@@ -22,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tensor", default=None, help="also save the exact samples as safetensors")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="network arithmetic: bf16 = bfloat16 autocast, ~1.5x faster on CPUs with "
-                   "AVX512-BF16, slightly different numbers")
+                   help="network arithmetic: bf16 = bfloat16 autocast, faster on CPUs with AVX512-BF16 "
+                   "(see benchmarks/precision.md), slightly different numbers")
     p.set_defaults(func=run)
 
 

@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "measurement's domain)")
     p.add_argument("--seed", type=int, default=0, help="solver seed")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="network arithmetic: bf16 = bfloat16 autocast, ~1.5x faster on CPUs with "
-                   "AVX512-BF16, slightly different numbers")
+                   help="network arithmetic: bf16 = bfloat16 autocast, faster on CPUs with AVX512-BF16 "
+                   "(see benchmarks/precision.md), slightly different numbers")
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true")

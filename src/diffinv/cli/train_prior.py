@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--precision",
         choices=["fp32", "bf16"],
         default="fp32",
-        help="bf16: bfloat16 autocast of the forward pass (~1.5x faster on CPUs with AVX512-BF16)",
+        help="bf16: bfloat16 autocast of the forward pass (faster on CPUs with AVX512-BF16)",
     )
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

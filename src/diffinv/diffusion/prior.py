@@ -90,10 +90,11 @@ class DiffusionPrior(nn.Module):
         """Run the network in ``precision`` ("fp32" or "bf16"); returns self.
 
         "bf16" wraps each network call in bfloat16 autocast (convolutions and matrix products in
-        bfloat16, 8 significand bits) and casts the output back to the input's dtype; on CPUs with
-        AVX512-BF16 the shipped 32x32 UNet runs ~1.6x faster forward and ~1.5x faster
-        forward+backward. Gradients still flow (DPS, DMPlug); the eps error is ~2^-8 relative, so
-        results differ slightly from "fp32": benchmark rows record the precision.
+        bfloat16, 8 significand bits) and casts the output back to the input's dtype; on a CPU with
+        AVX512-BF16 DPS and DMPlug took 0.64-0.78x the fp32 time (``benchmarks/precision.md``).
+        Gradients still flow (DPS, DMPlug); eps differs from fp32 by a few bf16 roundings
+        (``tests/test_unet_zoo.py`` bounds it by 2^-5 relative), so results differ slightly from
+        "fp32": benchmark rows record the precision.
         """
         if precision not in PRECISIONS:
             raise UnknownNameError("precision", precision, PRECISIONS)
