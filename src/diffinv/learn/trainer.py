@@ -14,9 +14,9 @@ EMA of the weights, atomic checkpoints every ``ckpt_every`` steps, a JSON-lines 
 
 Precision: ``precision="bf16"`` runs the network's forward pass under bfloat16 autocast (weights,
 optimiser state, EMA and the loss stay float32); on our 2-core AVX512-BF16 CPU the shipped
-UNet trained at 92 instead of 60 images/s per run (the logs in ``training/state/``). Every start or resume appends an ``{"event": "start", ...}`` line
-with the full configuration to the log, so a run trained in phases (other lr, other precision)
-keeps its history.
+UNet trained at 92 instead of 60 images/s per run (the logs in ``training/state/``). Every start
+or resume appends an ``{"event": "start", ...}`` line with the full configuration to the log, so
+a run trained in phases (other lr, other precision) keeps its history.
 """
 
 from __future__ import annotations
