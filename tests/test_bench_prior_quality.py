@@ -8,7 +8,7 @@ import torch
 
 from diffinv.assets import MissingAssetError, locate
 from diffinv.bench import run_benchmark
-from diffinv.bench.kinds.prior_quality import draw_samples
+from diffinv.bench.kinds.prior_quality import _draw, draw_samples
 from diffinv.bench.records import read_records
 from diffinv.errors import UnknownNameError
 
@@ -72,6 +72,7 @@ def test_prior_quality_matches_a_direct_computation(tmp_path, toy_prior, monkeyp
     assert m["conf>0.9"] == pytest.approx(confident_fraction(x))
     assert m["samples"] == 3
     assert rows[0]["cell"]["prior"]["resolved"]["sha256"] == prior.sha256
+    assert rows[0]["nfe"] == 2  # per sample: the 2 DDIM steps, whatever the chunking
 
 
 def test_samples_resume_from_cached_chunks(tmp_path, toy_prior):
@@ -87,6 +88,9 @@ def test_samples_resume_from_cached_chunks(tmp_path, toy_prior):
     again = draw_samples(prior, 5, 7, s, chunk=2, cache=tmp_path / "c", progress=False)
     assert torch.equal(first, again)
     assert prior.nfe == 2  # only the missing chunk was sampled (2 DDIM steps)
+    prior.reset_nfe()
+    cached, nfe = _draw(prior, 5, 7, s, 2, tmp_path / "c", False)
+    assert prior.nfe == 0 and nfe == 2 and torch.equal(cached, first)  # read from the chunks
     alone = draw_samples(prior, 5, 7, s, chunk=5, progress=False)
     assert torch.allclose(first, alone, atol=1e-6)  # chunking does not change a sample
 

@@ -249,6 +249,34 @@ def test_torchrun_ranks_and_shards_combine(tmp_path):
     assert run_quiet(task).written == 0
 
 
+def test_only_computes_the_matching_cells_and_the_rest_resumes(tmp_path):
+    run_quiet(write_task(tmp_path / "ref"))
+    expected = unit_rows(tmp_path / "ref" / "out")
+
+    task = write_task(tmp_path / "only")
+    first = run_quiet(task, only=["methods=beta-0.5", "task=sr"])  # plural axis, label
+    rows = unit_rows(tmp_path / "only" / "out")
+    assert {r[0] for r in rows.values()} == {("beta-0.5", "sr", "p1")}
+    assert first.written == 6  # the report still lists every cell, the others empty
+    assert sorted(c.n for c in first.report.cells) == [0, 0, 0, 6]
+    assert run_quiet(task, only=["method=beta"]).written == 6  # registry name
+    assert {r[0][0] for r in unit_rows(tmp_path / "only" / "out").values()} == {"beta-0.5"}
+    assert run_quiet(task).written == 12
+    assert unit_rows(tmp_path / "only" / "out") == expected
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("method", "expected AXIS=VALUE"),
+    ("colour=red", "no axis 'colour'.*'method', 'prior', 'task'"),
+    ("method=gamma", "no method 'gamma'; known: \\['alpha', 'beta-0.5'\\]"),
+])
+def test_only_refuses_bad_filters_and_writes_nothing(tmp_path, spec, match):
+    task = write_task(tmp_path)
+    with pytest.raises(BenchConfigError, match=match):
+        run_quiet(task, only=[spec])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 # -------------------------------------------------------------------------------------- report
 def test_report_numbers_match_a_hand_computation(tmp_path):
     task = write_task(tmp_path)

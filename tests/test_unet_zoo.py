@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -144,6 +145,24 @@ def test_bf16_precision_is_bf16_close_to_fp32_and_keeps_gradients():
     (ga,) = torch.autograd.grad(full.x0(xx, 300).sum(), xx)
     (gb,) = torch.autograd.grad(half.x0(xx, 300).sum(), xx)
     assert float((ga - gb).norm() / ga.norm()) < 2**-4
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bfloat16_warns_once(monkeypatch, native):
+    from diffinv.diffusion import prior as prior_module
+
+    monkeypatch.setattr(prior_module, "cpu_has_native_bf16", lambda: native)
+    prior_module._warn_emulated_bf16.cache_clear()
+    half = load_prior("fashion32", precision="bf16")
+    x = torch.zeros(1, 1, 32, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        half.eps(x, 10)
+        half.eps(x, 20)
+        load_prior("fashion32").eps(x, 10)  # fp32 never warns
+    emulated = [w for w in caught if "without native bfloat16" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
+    prior_module._warn_emulated_bf16.cache_clear()
 
 
 def test_unknown_precision_is_refused():

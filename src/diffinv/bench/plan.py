@@ -24,7 +24,7 @@ rows by it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,32 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise BenchConfigError(f"bad --shard {spec!r}: need N >= 1 and 0 <= I < N")
     return i, n
+
+
+def select_cells(cells: Sequence[Cell], only: Sequence[str] | None) -> list[Cell]:
+    """The cells matching every ``AXIS=VALUE`` filter of ``only`` (all cells when empty).
+
+    AXIS is a grid axis, singular or plural (``prior`` or ``priors``); VALUE matches an entry's
+    label or its registry name. A filter that names an unknown axis or matches no cell is an
+    error that lists what is there.
+    """
+    cells = list(cells)
+    for spec in only or ():
+        axis, sep, value = str(spec).partition("=")
+        axis, value = axis.strip(), value.strip()
+        if not sep or not axis or not value:
+            raise BenchConfigError(f"bad --only {spec!r}: expected AXIS=VALUE, e.g. prior=fashion32")
+        axes = {a for c in cells for a in c.axes}
+        if axis not in axes and axis.endswith("s") and axis[:-1] in axes:
+            axis = axis[:-1]
+        if axis not in axes:
+            raise BenchConfigError(f"--only {spec!r}: no axis {axis!r}; axes: {sorted(axes)}")
+        kept = [c for c in cells if value in (c[axis].label, c[axis].name)]
+        if not kept:
+            known = sorted({c[axis].label for c in cells})
+            raise BenchConfigError(f"--only {spec!r}: no {axis} {value!r}; known: {known}")
+        cells = kept
+    return cells
 
 
 def env_rank(env: Mapping[str, str] | None = None) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +21,15 @@ from typing import Any
 from diffinv.bench.errors import BenchRecordError
 from diffinv.bench.jobs import RunContext, UnitResult
 from diffinv.bench.machine import machine_info
-from diffinv.bench.plan import Plan, env_rank, load_plan, parse_shard, run_device, worker_of
+from diffinv.bench.plan import (
+    Plan,
+    env_rank,
+    load_plan,
+    parse_shard,
+    run_device,
+    select_cells,
+    worker_of,
+)
 from diffinv.bench.records import RecordWriter, read_records, record_path, run_files
 from diffinv.bench.report import Report, build_report, write_report
 from diffinv.bench.spec import Cell
@@ -116,12 +124,14 @@ def _resolve_all(plan: Plan, ctx: RunContext) -> dict[tuple[str, str], dict[str,
 
 
 def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None,
-                  report_only: bool = False, progress: bool = True,
+                  only: Sequence[str] | None = None, report_only: bool = False, progress: bool = True,
                   env: Mapping[str, str] | None = None, command: str | None = None,
                   invocation: str | None = None) -> Outcome:
     """Run (or resume) the task file, then write its report; see the module docstring.
 
-    ``shard`` is ``"i/n"``; torchrun's RANK/WORLD_SIZE in ``env`` split further. With
+    ``shard`` is ``"i/n"``; torchrun's RANK/WORLD_SIZE in ``env`` split further. ``only``
+    (``["prior=fashion32", ...]``, see :func:`~diffinv.bench.plan.select_cells`) computes just
+    the matching cells; the report still merges every row of the run. With
     ``report_only`` nothing is computed: the report is re-rendered from the rows on disk.
     ``command`` heads the report (default ``diffinv bench PATH``); ``invocation`` (default the
     same) is stored in each row written.
@@ -129,6 +139,7 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
     shard_t = parse_shard(shard)
     rank_t = env_rank(env)
     plan = load_plan(task_path)
+    selected = select_cells(plan.cells, only)
     worker = worker_of(shard_t, rank_t)
     command = command or reproduce_command(plan.task.path)
 
@@ -152,7 +163,7 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
     todo: list[tuple[Cell, list[int]]] = []
     skipped = 0
     k, m = worker
-    for cell in plan.cells:
+    for cell in selected:
         ident = {a: resolved[(a, e.digest)] for a, e in cell}
         mine = [i for i in range(cell.target) if i % m == k]
         left = [i for i in mine if plan.unit_key(cell, i, ident) not in done]
@@ -161,7 +172,7 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
             todo.append((cell, left[s:s + plan.batch_size]))
     n_todo = sum(len(ix) for _, ix in todo)
     path = record_path(plan.out_dir, plan.name, worker)
-    print(f"diffinv bench {plan.name}: {len(plan.cells)} cell(s); worker {k}/{m}: "
+    print(f"diffinv bench {plan.name}: {len(selected)} of {len(plan.cells)} cell(s); worker {k}/{m}: "
           f"{skipped} done, {n_todo} to do -> {path}", file=sys.stderr)
 
     written = 0

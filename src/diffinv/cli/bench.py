@@ -23,6 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", metavar="I/N", default=None,
                    help="do only shard I of N (0-based) of the units; each shard writes its own "
                         "file, the report merges them")
+    p.add_argument("--only", metavar="AXIS=VALUE", action="append", default=None,
+                   help="compute only the cells whose AXIS entry has this label or name, e.g. "
+                        "--only prior=fashion32 (repeat to narrow further); the report still "
+                        "merges every row of the run")
     p.add_argument("--report-only", action="store_true",
                    help="compute nothing: re-render the tables from the rows on disk")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -35,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     argv = ["diffinv", "bench", args.task]
     if args.shard:
         argv += ["--shard", args.shard]
-    out = run_benchmark(args.task, shard=args.shard, report_only=args.report_only,
+    for spec in args.only or ():
+        argv += ["--only", spec]
+    out = run_benchmark(args.task, shard=args.shard, only=args.only, report_only=args.report_only,
                         progress=not args.no_progress, invocation=shlex.join(argv))
     if out.report is not None and args.report_only:
         print(f"wrote {out.files[0]} and {out.files[1]}", file=sys.stderr)

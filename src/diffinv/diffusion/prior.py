@@ -19,6 +19,8 @@ Notation (0-based timesteps t = 0..T-1, ``abar_t`` from :mod:`diffinv.diffusion.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -35,8 +37,31 @@ VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 PRECISIONS = ("fp32", "bf16")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic in hardware (oneDNN's AVX512-BF16/AMX check)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    """Say once per process that bf16 on this CPU is emulated, hence slower than fp32."""
+    if not cpu_has_native_bf16():
+        warnings.warn("precision 'bf16' on a CPU without native bfloat16 (no AVX512-BF16/AMX; "
+                      f"torch reports {torch.backends.cpu.get_cpu_capability()}): the arithmetic "
+                      "is emulated and runs many times slower than 'fp32' (training on an AVX2 EPYC: "
+                      "1.2 vs 28 images/s); use 'fp32' here", RuntimeWarning, stacklevel=3)
+
+
 def autocast(precision: str, device: torch.device):
-    """The autocast context of ``precision``: bfloat16 for "bf16", a no-op for "fp32"."""
+    """The autocast context of ``precision``: bfloat16 for "bf16", a no-op for "fp32".
+
+    bf16 on a CPU without native bfloat16 warns once (see :func:`cpu_has_native_bf16`).
+    """
+    if precision == "bf16" and device.type == "cpu":
+        _warn_emulated_bf16()
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -91,7 +116,8 @@ class DiffusionPrior(nn.Module):
 
         "bf16" wraps each network call in bfloat16 autocast (convolutions and matrix products in
         bfloat16, 8 significand bits) and casts the output back to the input's dtype; on a CPU with
-        AVX512-BF16 DPS and DMPlug took 0.64-0.78x the fp32 time (``benchmarks/precision.md``).
+        AVX512-BF16 DPS and DMPlug took 0.64-0.78x the fp32 time (``benchmarks/precision.md``);
+        on a CPU without native bfloat16 (AVX2 only) it is emulated and many times slower.
         Gradients still flow (DPS, DMPlug); eps differs from fp32 by a few bf16 roundings
         (``tests/test_unet_zoo.py`` bounds it by 2^-5 relative), so results differ slightly from
         "fp32": benchmark rows record the precision.

@@ -13,6 +13,9 @@ evaluation (``evaluations`` = 1 per cell):
    perfect prior would score at this N (FID at small N is biased upwards);
 4. ``conf>0.9`` (MNIST-domain priors only; NaN otherwise): fraction of samples the ``ccexam``
    classifier assigns a class with probability > 0.9.
+
+NFE is per sample (the sampler's network calls), and seconds are the sampling time of the whole
+evaluation (a resumed evaluation counts only what it sampled).
 """
 
 from __future__ import annotations
@@ -72,27 +75,43 @@ def _cache_dir(sha: str, sampler: dict[str, Any], seed: int) -> Path:
 def draw_samples(prior: Any, n: int, seed: int, sampler: dict[str, Any], chunk: int,
                  cache: Path | None = None, progress: bool = True) -> Any:
     """n samples (sample i from ``image_seed(seed, i)``), resumable through ``cache`` chunks."""
+    return _draw(prior, n, seed, sampler, chunk, cache, progress)[0]
+
+
+def _draw(prior: Any, n: int, seed: int, sampler: dict[str, Any], chunk: int,
+          cache: Path | None, progress: bool) -> tuple[Any, float | None]:
+    """The samples and the network evaluations each sample cost (None when unknown).
+
+    A chunk's batched network calls are each one evaluation per sample of the chunk; the count is
+    stored in the chunk file's metadata so a fully cached evaluation still reports it.
+    """
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     from diffinv.seeding import image_generators
 
-    parts = []
+    parts, nfe = [], None
     for start in tqdm(range(0, n, chunk), desc="samples", disable=not progress):
         idx = list(range(start, min(n, start + chunk)))
         path = cache / f"chunk_{start:06d}_{len(idx)}.safetensors" if cache else None
         if path is not None and path.is_file():
-            parts.append(load_file(str(path))["x"])
+            with safe_open(str(path), framework="pt") as f:
+                parts.append(f.get_tensor("x"))
+                stored = (f.metadata() or {}).get("nfe_per_sample")
+            nfe = float(stored) if stored is not None and nfe is None else nfe
             continue
+        before = prior.nfe
         x = prior.sample(len(idx), seed=image_generators(seed, idx), **sampler).cpu()
+        nfe = float(prior.nfe - before)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            save_file({"x": x.contiguous()}, str(tmp))
+            save_file({"x": x.contiguous()}, str(tmp), metadata={"nfe_per_sample": str(int(nfe))})
             os.replace(tmp, path)
         parts.append(x)
-    return torch.cat(parts)
+    return torch.cat(parts), nfe
 
 
 def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]:
@@ -124,8 +143,7 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
     out = []
     for _ in indices:
         t0 = time.perf_counter()
-        prior.reset_nfe()
-        x = draw_samples(prior, n, ctx.seed, sampler, int(ctx.options["chunk"]), cache)
+        x, nfe = _draw(prior, n, ctx.seed, sampler, int(ctx.options["chunk"]), cache, True)
         seconds = time.perf_counter() - t0
         ref_stats = reference_statistics(ref, stats_dir / f"{domain}-{ctx.options['reference']}-{n}.npz",
                                          progress=True)
@@ -138,7 +156,7 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
         conf = confident_fraction(x) if domain.startswith("mnist") else math.nan
         out.append(UnitResult(metrics={"fid": fid, "fid-floor": fid_floor, "conf>0.9": conf,
                                        "samples": float(n)},
-                              nfe=prior.nfe, seconds=seconds,
+                              nfe=nfe, seconds=seconds,
                               extra={"sample_cache": str(cache)}))
     return out
 
