@@ -43,7 +43,7 @@ def test_gap_is_paired_per_image():
 
 def test_render_lists_each_solver_and_task(tmp_path):
     text = pick_tuned.render(pick_tuned.per_image(rows("a", [20, 21]) + rows("b", [22, 23], task="inpaint")),
-                             tmp_path / "t.jsonl")
+                             [tmp_path / "t.jsonl"])
     assert "| dps | sr4 | a | 20.50 |" in text and "| dps | inpaint | b | 22.50 |" in text
 
 

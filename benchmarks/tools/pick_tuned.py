@@ -1,7 +1,9 @@
 """Per-task picks of a tuning run: for each solver (registry name) and task, the hyper-parameter
 value with the best mean PSNR over the validation images, and how far each other value is from it.
 
-    python benchmarks/tools/pick_tuned.py benchmarks/tune_linear.jsonl -o benchmarks/tune_linear_picks.md
+    python benchmarks/tools/pick_tuned.py benchmarks/tune_linear*.jsonl -o benchmarks/tune_linear_picks.md
+
+(give every results file of the run: shards write NAME.partIofN.jsonl beside NAME.jsonl)
 
 All values of one solver see the same images and the same measurements (the bench draws y from a
 stream seeded by (seed, image)), so "best minus other" is a paired, per-image difference; its
@@ -59,12 +61,13 @@ def paired_gap(best: dict[int, dict[str, float]], other: dict[int, dict[str, flo
     return f"{s.center:+.2f} [{s.low:+.2f}, {s.high:+.2f}]{mark}"
 
 
-def render(groups: dict, source: Path) -> str:
-    lines = [f"# Tuning picks from `{source}`", "",
+def render(groups: dict, sources: list[Path]) -> str:
+    names = " ".join(str(p) for p in sources)
+    lines = [f"# Tuning picks from `{names}`", "",
              "Per solver and task: the value with the best mean PSNR over the validation images "
              f"(SSIM breaks ties within {TIE_DB} dB), then each other value's paired PSNR gap "
              "(pick minus value, mean [95% interval] over the same images).",
-             "Made by `python benchmarks/tools/pick_tuned.py " f"{source}`.", "",
+             f"Made by `python benchmarks/tools/pick_tuned.py {names}`.", "",
              "| solver | task | pick | PSNR | SSIM | N | gap to the others (dB) |",
              "|---|---|---|--:|--:|--:|---|"]
     for (solver, task), cands in sorted(groups.items()):
@@ -81,12 +84,12 @@ def render(groups: dict, source: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("jsonl", type=Path)
+    ap.add_argument("jsonl", type=Path, nargs="+", help="every results file of the run")
     ap.add_argument("-o", "--output", type=Path, default=None)
     args = ap.parse_args()
-    rows = read_records(args.jsonl)[0]
+    rows = [r for path in args.jsonl for r in read_records(path)[0]]
     if not rows:
-        raise SystemExit(f"no rows in {args.jsonl}")
+        raise SystemExit(f"no rows in {' '.join(map(str, args.jsonl))}")
     text = render(per_image(rows), args.jsonl)
     if args.output:
         args.output.write_text(text)
