@@ -176,12 +176,12 @@ def select_cells(cells: Sequence[Cell], only: Sequence[str] | None) -> list[Cell
     error that lists what is there.
     """
     cells = list(cells)
+    axes = {a for c in cells for a in c.axes}
     for spec in only or ():
         axis, sep, value = str(spec).partition("=")
         axis, value = axis.strip(), value.strip()
         if not sep or not axis or not value:
             raise BenchConfigError(f"bad --only {spec!r}: expected AXIS=VALUE, e.g. prior=fashion32")
-        axes = {a for c in cells for a in c.axes}
         if axis not in axes and axis.endswith("s") and axis[:-1] in axes:
             axis = axis[:-1]
         if axis not in axes:

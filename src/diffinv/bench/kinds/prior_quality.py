@@ -100,7 +100,8 @@ def _draw(prior: Any, n: int, seed: int, sampler: dict[str, Any], chunk: int,
             with safe_open(str(path), framework="pt") as f:
                 parts.append(f.get_tensor("x"))
                 stored = (f.metadata() or {}).get("nfe_per_sample")
-            nfe = float(stored) if stored is not None and nfe is None else nfe
+            if nfe is None and stored is not None:
+                nfe = float(stored)
             continue
         before = prior.nfe
         x = prior.sample(len(idx), seed=image_generators(seed, idx), **sampler).cpu()
