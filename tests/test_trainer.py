@@ -110,6 +110,20 @@ def test_learning_rate_warmup_and_cosine():
         TrainConfig(lr_schedule="step").validate()
 
 
+def test_cosine_decay_can_start_late():
+    """Constant (after warm-up) until decay_start, then the same cosine squeezed into the rest."""
+    cfg = TrainConfig(lr=1e-3, warmup=10, steps=300, lr_schedule="cosine", decay_start=200)
+    assert learning_rate(cfg, 5) == pytest.approx(0.6e-3)
+    assert learning_rate(cfg, 150) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 200) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 250) == pytest.approx(0.1e-3 + 0.9e-3 * 0.5)
+    assert learning_rate(cfg, 300) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 400) == pytest.approx(1e-4)
+    for bad in (-1, 300, 301):
+        with pytest.raises(DiffinvError, match="decay_start"):
+            TrainConfig(steps=300, lr_schedule="cosine", decay_start=bad).validate()
+
+
 DDP_SCRIPT = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)

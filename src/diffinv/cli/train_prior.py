@@ -26,7 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=10_000, help="total optimisation steps")
     p.add_argument("--batch", type=int, default=64, help="global batch size")
     p.add_argument("--lr", type=float, default=6e-4)
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="cosine: down to 10%% of --lr at --steps, starting at --decay-start",
+    )
+    p.add_argument(
+        "--decay-start",
+        type=int,
+        default=0,
+        help="cosine only: constant lr until this step, then the decay (resume a constant-lr "
+        "run into a final decay with --steps STEP+N --decay-start STEP)",
+    )
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--base-channels", type=int, default=32)
@@ -79,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         lr_schedule=args.lr_schedule,
         warmup=args.warmup,
+        decay_start=args.decay_start,
         ema_decay=args.ema_decay,
         seed=args.seed,
         precision=args.precision,

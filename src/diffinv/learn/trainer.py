@@ -10,7 +10,10 @@ with W ranks, rank r takes rows [r B/W, (r+1) B/W) of the same global batch; DDP
 averaging then makes W ranks equivalent to one process with the full batch.
 
 Optimiser AdamW, linear warm-up then constant (or cosine) learning rate, gradient clipping,
-EMA of the weights, atomic checkpoints every ``ckpt_every`` steps, a JSON-lines log.
+EMA of the weights, atomic checkpoints every ``ckpt_every`` steps, a JSON-lines log. The cosine
+schedule may start late (``decay_start``): constant until then, cosine down to 10% at ``steps``,
+the warm-up/stable/decay shape of Hu et al. 2024 (MiniCPM, sec. 4), which lets a run trained at a
+constant rate be resumed into a short final decay without restarting it.
 
 Precision: ``precision="bf16"`` runs the network's forward pass under bfloat16 autocast (weights,
 optimiser state, EMA and the loss stay float32); on our 2-core AVX512-BF16 CPU the shipped
@@ -56,6 +59,7 @@ class TrainConfig:
     lr: float = 6e-4
     lr_schedule: str = "constant"  # "constant" or "cosine" (to 10% at ``steps``)
     warmup: int = 200
+    decay_start: int = 0  # cosine only: the step where the decay begins (constant before)
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -78,14 +82,22 @@ class TrainConfig:
             raise DiffinvError(
                 f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
             )
+        if not 0 <= self.decay_start < self.steps:
+            raise DiffinvError(
+                f"decay_start must lie in [0, steps) = [0, {self.steps}), got {self.decay_start}"
+            )
         if self.precision not in PRECISIONS:
             raise DiffinvError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """lr at ``step``: ``lr * w(step) * c(step)`` with the linear warm-up ``w = min(1, (step+1)/warmup)``
+    and, for "cosine", ``c = 0.1 + 0.45 (1 + cos(pi f))``, ``f = clip((step - decay_start) /
+    (steps - decay_start), 0, 1)`` (``c = 1`` for "constant")."""
     warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
     if cfg.lr_schedule == "cosine":
-        frac = min(1.0, step / max(cfg.steps, 1))
+        span = max(cfg.steps - cfg.decay_start, 1)
+        frac = min(1.0, max(0.0, (step - cfg.decay_start) / span))
         return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
     return cfg.lr * warm
 
