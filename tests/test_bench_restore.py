@@ -144,3 +144,34 @@ def test_missing_solver_registry_is_a_clear_error(tmp_path, fakes, monkeypatch):
     with pytest.raises(DiffinvError, match="needs diffinv.solvers.make_solver"):
         run_benchmark(write_task(tmp_path), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_preset_method_is_identified_by_the_preset_table(tmp_path, fakes, monkeypatch):
+    """``preset = NAME`` in a method entry: the solver gets the preset's values for the task's
+    operator, the rows record the preset's table, and retuning the preset recomputes them."""
+    from diffinv.solvers import presets
+
+    def with_presets(name, *, preset=None, operator=None, **params):
+        if preset is not None:
+            params = {**presets.preset_params(preset, name, operator), **params}
+        return fake_solver_registry(name, **params)
+
+    monkeypatch.setattr(diffinv.solvers, "make_solver", with_presets)
+    monkeypatch.setitem(presets.PRESETS, "fake", {"adjoint": {"*": {"gain": 0.5}}})
+    methods = [{"name": "adjoint", "gain": 0.5, "label": "half"},
+               {"name": "adjoint", "preset": "fake", "label": "preset"}]
+    task = write_task(tmp_path, methods=methods, tasks=TASKS[:1])
+    assert run_benchmark(task, progress=False).written == 10
+    rows = read_records(tmp_path / "out" / "r.jsonl")[0]
+    by = {(r["cell"]["method"]["label"], r["index"]): r for r in rows}
+    for i in range(5):  # the preset's gain 0.5 is what the solver got
+        assert by[("preset", i)]["metrics"] == by[("half", i)]["metrics"]
+        assert by[("preset", i)]["cell"]["method"]["resolved"] == {"preset": {"*": {"gain": 0.5}}}
+        assert by[("half", i)]["cell"]["method"]["resolved"] == {}
+    assert run_benchmark(task, progress=False).written == 0  # unchanged: every row reused
+    monkeypatch.setitem(presets.PRESETS, "fake", {"adjoint": {"*": {"gain": 0.25}}})
+    assert run_benchmark(task, progress=False).written == 5  # retuned: only the preset rows
+    rows = read_records(tmp_path / "out" / "r.jsonl")[0]
+    new = [r for r in rows if r["cell"]["method"]["resolved"] == {"preset": {"*": {"gain": 0.25}}}]
+    assert len(new) == 5
+    assert all(r["metrics"] != by[("preset", r["index"])]["metrics"] for r in new)

@@ -59,11 +59,11 @@ def test_errors_exit_1_with_the_known_names(capsys):
 def test_demo_runs_on_the_embedded_prior(tmp_path, capsys):
     import json
 
-    # DDRM (20 steps) keeps this fast; `make demo` runs the default, DPS with 1000 steps.
+    # DDRM (100 steps in the tuned32 preset) keeps this fast; `make demo` runs DPS (1000 steps).
     assert main(["demo", "-o", str(tmp_path), "--solver", "ddrm", "-n", "2"]) == 0
     assert (tmp_path / "demo.png").is_file()
     report = json.loads((tmp_path / "metrics.json").read_text())
-    assert report["nfe"] == 20 and len(report["psnr"]) == 2
+    assert report["nfe"] == 100 and len(report["psnr"]) == 2 and report["preset"] == "tuned32"
     # the restoration is closer to the truth than the blurred, noisy measurement
     assert sum(report["psnr"]) > sum(report["psnr_of_y"])
     assert "wrote" in capsys.readouterr().out

@@ -127,3 +127,22 @@ def test_a_measurement_of_another_domain_is_refused(tmp_path, tiny_prior, capsys
     err = capsys.readouterr().err
     assert code == 1 and "(3, 32, 32)" in err and "(1, 32, 32)" in err and "domain" in err
     assert _nothing_written(tmp_path, "out")
+
+
+@pytest.mark.assets
+def test_solve_preset_fills_in_tuned_values_under_explicit_ones(tmp_path, tiny_prior, blurred):
+    out = tmp_path / "tuned"
+    assert main(["solve", str(blurred), "--solver", "ddrm", "--prior", str(tiny_prior),
+                 "--preset", "tuned32", "-p", "steps=3", "-o", str(out), "--no-progress"]) == 0
+    info = json.loads((out / "metrics.json").read_text())
+    assert info["preset"] == "tuned32" and info["params"] == {"steps": 3, "eta": 1.0}
+    direct, _ = _direct(blurred, tiny_prior, "ddrm", 0, steps=3, eta=1.0)
+    assert torch.equal(load_file(str(out / "result.safetensors"))["x"], direct.x)
+    # a checkpoint of the user's own: "auto" keeps the paper's defaults
+    plain = tmp_path / "plain"
+    assert main(["solve", str(blurred), "--solver", "ddrm", "--prior", str(tiny_prior),
+                 "-p", "steps=3", "-o", str(plain), "--no-progress"]) == 0
+    info = json.loads((plain / "metrics.json").read_text())
+    assert info["preset"] is None and info["params"] == {"steps": 3}
+    direct, _ = _direct(blurred, tiny_prior, "ddrm", 0, steps=3)
+    assert torch.equal(load_file(str(plain / "result.safetensors"))["x"], direct.x)

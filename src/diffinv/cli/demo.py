@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from diffinv.metrics import get_metric
     from diffinv.physics import make_operator, measure
     from diffinv.solvers import make_solver
+    from diffinv.solvers.presets import auto_preset
 
     prior = load_prior(args.prior)
     images, indices = demo_images(prior.domain)
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         raise DiffinvError(f"-n must lie in 1..{len(images)}")
     x, indices = images[: args.n], indices[: args.n]
     m = measure(x, make_operator(args.operator), args.noise, args.seed, indices)
-    solver = make_solver(args.solver)
+    preset = auto_preset(args.prior)
+    solver = make_solver(args.solver, preset=preset, operator=args.operator)
     solver.progress = True
     result = solver(m.y, m.public(), prior, seed=args.seed)
     out = Path(args.output)
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     psnr, ssim = get_metric("psnr"), get_metric("ssim")
     y_img = m.y if m.y.shape == x.shape else None
     report = {
-        "prior": prior.name, "prior_sha256": prior.sha256, "solver": args.solver,
+        "prior": prior.name, "prior_sha256": prior.sha256, "solver": args.solver, "preset": preset,
         "operator": args.operator, "noise": args.noise, "seed": args.seed,
         "test_indices": indices, "nfe": result.nfe, "seconds": round(result.seconds, 2),
         "psnr": [round(v, 3) for v in psnr(result.x, x).tolist()],

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--solver", default="dps", help="solver name (default dps)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="solver hyper-parameter, e.g. -p steps=100 -p scale=0.5 (repeatable)")
+    p.add_argument("--preset", default="auto", help="hyper-parameters tuned per operator "
+                   "(diffinv.solvers.presets): auto = tuned32 for the embedded priors, none "
+                   "for a checkpoint of yours; none = the papers' defaults; -p overrides it")
     p.add_argument("--blind", action="store_true", help="estimate the unknown operator "
                    "parameters of a blind family jointly (dmplug)")
     p.add_argument("--early-stop", choices=["none", "wmv"], default=None,
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from diffinv.physics import load_measurement
     from diffinv.physics.measurement import png_view
     from diffinv.solvers import make_solver
+    from diffinv.solvers.presets import auto_preset, preset_params
 
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -74,9 +78,12 @@ def run(args: argparse.Namespace) -> int:
         settings["blind"] = True
     if args.early_stop:
         settings["early_stop"] = args.early_stop
-    solver = make_solver(args.solver, **settings)
+    prior_name = args.prior or m.domain
+    preset = (auto_preset(prior_name) if args.preset == "auto"
+              else None if args.preset == "none" else args.preset)
+    solver = make_solver(args.solver, preset=preset, operator=m.operator, **settings)
     solver.progress = not args.no_progress
-    prior = load_prior(args.prior or m.domain, device=args.device, precision=args.precision)
+    prior = load_prior(prior_name, device=args.device, precision=args.precision)
     dev = torch.device(args.device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -90,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
                   inspect.signature(solver.__call__).parameters else {})
     result = solver(y, pub, prior, seed=args.seed, **evaluation)
     x = result.x.cpu()
-    info = {"solver": args.solver, "params": settings, "prior": prior.name,
+    preset_part = preset_params(preset, args.solver, m.operator) if preset else {}
+    info = {"solver": args.solver, "preset": preset, "params": {**preset_part, **settings},
+            "prior": prior.name,
             "prior_sha256": prior.sha256, "precision": prior.precision, "seed": args.seed, "nfe": result.nfe,
             "backward_nfe": result.trace.get("backward_nfe"), "seconds": result.seconds,
             "peak_memory_mb": (torch.cuda.max_memory_allocated(dev) / 2 ** 20

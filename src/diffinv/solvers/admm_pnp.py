@@ -18,8 +18,9 @@ the output is ``z_K``.
 
 Deviations: the Tweedie estimate is an MMSE denoiser, not the proximal map of ``phi`` (they agree
 for a Gaussian prior, where the fixed point is the exact posterior mean, which the tests check);
-the x-step uses the SVD, so the operator needs one. Defaults (100 iterations, sigma 0.5 -> 0.05)
-are PROVISIONAL for 32x32.
+the x-step uses the SVD, so the operator needs one. Defaults: 100 iterations, sigma 0.5 -> 0.05; the
+``tuned32`` preset (:mod:`diffinv.solvers.presets`, chosen on validation images) uses 1 -> 0.1 for
+blur and super-resolution and keeps 0.5 -> 0.05 for inpainting.
 """
 
 from __future__ import annotations

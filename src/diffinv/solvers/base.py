@@ -110,11 +110,19 @@ def list_solvers() -> list[tuple[str, str, tuple[str, ...]]]:
     return [(n, c.summary, c.requires) for n, c in sorted(_REGISTRY.items())]  # type: ignore[attr-defined]
 
 
-def make_solver(name: str, **params: Any) -> Solver:
-    """Build solver ``name`` with its hyper-parameters; unknown names list the known ones."""
+def make_solver(name: str, *, preset: str | None = None, operator: str | None = None,
+                **params: Any) -> Solver:
+    """Build solver ``name`` with its hyper-parameters; unknown names list the known ones.
+
+    ``preset`` (see :mod:`diffinv.solvers.presets`) fills in the hyper-parameters tuned for
+    ``operator`` (the forward operator's registry name); explicit ``params`` override it."""
     _load_builtin()
     if name not in _REGISTRY:
         raise UnknownNameError("solver", name, list(_REGISTRY))
+    if preset is not None:
+        from diffinv.solvers.presets import preset_params
+
+        params = {**preset_params(preset, name, operator), **params}
     try:
         return _REGISTRY[name](**params)
     except TypeError as e:

@@ -13,7 +13,9 @@ and the start ``c_T ~ N(yb_i, sigma_T^2 - sigma_y^2/s_i^2)`` where ``s_i sigma_T
 ``N(0, sigma_T^2)`` elsewhere. ``x_{t_prev} = sqrt(abar_{t_prev}) V c'``; the output is the last
 iterate (``sigma' = 0``: the final Tweedie estimate, made consistent with ``y`` where
 ``sigma_y = 0``). 20 steps on the timesteps ``0, 50, ..., 950`` (the official ``skip`` grid),
-``eta = 0.85``, ``eta_b = 1`` (official defaults).
+``eta = 0.85``, ``eta_b = 1`` (official defaults). On the embedded 32x32 priors 100 steps did
+better (best mean on 6 of 7 validation tasks, ``benchmarks/tune_linear_picks.md``): the ``tuned32``
+preset (:mod:`diffinv.solvers.presets`) uses 100 steps and ``eta = 1`` (0.85 for motion blur).
 
 Deviations from the official code (``functions/denoising.py``, ``efficient_generalized_steps``):
 

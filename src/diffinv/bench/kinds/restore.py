@@ -1,6 +1,8 @@
 """Job kind "restore": measure test images, solve the inverse problem, score the restorations.
 
-Grid axes: ``methods`` (solver name + parameters), ``tasks`` (an operator and a noise model) and
+Grid axes: ``methods`` (solver name + parameters; ``preset = "tuned32"`` fills in the values
+tuned for the task's operator, :mod:`diffinv.solvers.presets`, and the preset's table is part of
+the row identity), ``tasks`` (an operator and a noise model) and
 ``priors`` (embedded name, or a table with ``name`` and ``path``). ``[run] dataset =
 "fashion32:test"`` names the images; image ``i`` of a cell is image ``i`` of that split,
 i = 0 .. n_images - 1.
@@ -117,7 +119,7 @@ def validate_entries(cells: Sequence[Cell], skip: tuple[str, ...] = ()) -> None:
                 continue
             seen.add(entry.digest)
             if axis == "method":
-                make_solver(entry.name, **entry.params)
+                make_solver(entry.name, **entry.params)  # a preset's "*" part and its name
             elif axis == "task":
                 op, params, noise = _task_parts(entry)
                 make_operator(op, **params)
@@ -147,7 +149,15 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
 
 
 def resolve(ctx: RunContext, axis: str, entry: Entry) -> dict[str, Any]:
-    """A prior's identity is the SHA-256 of its weights file."""
+    """A prior's identity is the SHA-256 of its weights file; a method that names a ``preset``
+    is identified by the preset's whole per-operator table for it, so retuning a preset never
+    reuses rows computed with the old values."""
+    if axis == "method":
+        if "preset" not in entry.params:
+            return {}
+        from diffinv.solvers.presets import preset_table
+
+        return {"preset": preset_table(str(entry.params["preset"]), entry.name)}
     if axis != "prior":
         return {}
     prior = _load_prior(ctx, entry)
@@ -252,7 +262,7 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
     x, labels = _images(ctx, indices)
     op_name, op_params, noise_spec = _task_parts(task)
     op = make_operator(op_name, **op_params).to(ctx.device)
-    solver = _solvers()(method.name, **method.params)
+    solver = _solvers()(method.name, operator=op_name, **method.params)
 
     m = measure(x, op, noise_spec, ctx.seed, list(indices),
                 domain=str(getattr(prior, "domain", "image")), source=ctx.options["dataset"])

@@ -1,0 +1,87 @@
+"""Named sets of solver hyper-parameters tuned per operator (``make_solver(..., preset=...)``).
+
+A solver's constructor defaults are its paper's (or official code's) settings. A preset replaces
+some of them with values chosen on *validation* images for a given prior family, per forward
+operator: ``preset_params(preset, solver, operator)`` merges the solver's ``"*"`` entry (every
+operator) with the operator's own entry. Operators a preset does not name keep the ``"*"`` part
+only; solvers it does not name keep their defaults. Explicit parameters always win over a preset.
+
+``tuned32``: the embedded 32x32 priors (chosen on fashion32 validation images 0..7, seed 1, with
+``diffinv bench benchmarks/tasks/tune_linear.toml``; every pick and its paired 95% interval is in
+``benchmarks/tune_linear_picks.md``, made by ``benchmarks/tools/pick_tuned.py``). Where the two
+noise levels tuned (sigma 0.05 and 0.01) preferred different values, the entry is the value that
+was within the paired interval of the best at both levels. The deviations from the papers:
+
+* DDRM: 100 steps instead of 20 (best mean on 6 of 7 tasks; e.g. random inpainting 21.5 vs
+  19.4 dB), ``eta = 1`` instead of 0.85 except for motion blur;
+* PiGDM: ``w = 3`` with the official weighting on blur and super-resolution, the ``"score"``
+  weighting on inpainting (21.7 vs 14.6 dB on random inpainting with the paper's ``w = 1``);
+* DMPS: ``lambda`` (the paper's 1) raised where it helped;
+* ADMM-PnP: the denoiser-level schedule per operator (it has no paper default for 32x32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from diffinv.errors import UnknownNameError
+
+ParamTable = Mapping[str, Mapping[str, Any]]  # operator name (or "*") -> parameters
+
+_ADMM_WIDE = {"sigma_max": 1.0, "sigma_min": 0.1}
+_ADMM_NARROW = {"sigma_max": 0.5, "sigma_min": 0.05}
+
+PRESETS: dict[str, dict[str, ParamTable]] = {
+    "tuned32": {
+        "ddrm": {
+            "*": {"steps": 100, "eta": 1.0},
+            "motion-blur": {"eta": 0.85},
+        },
+        "pigdm": {
+            "*": {"eta": 1.0},
+            "sr-avgpool": {"scale": 3.0},
+            "gaussian-blur": {"scale": 3.0},
+            "motion-blur": {"scale": 3.0},
+            "inpaint-random": {"weighting": "score"},
+            "inpaint-box": {"weighting": "score"},
+        },
+        "dmps": {
+            "*": {"lam": 3.0},
+            "motion-blur": {"lam": 1.0},
+        },
+        "admm-pnp": {
+            "sr-avgpool": _ADMM_WIDE,
+            "gaussian-blur": _ADMM_WIDE,
+            "motion-blur": _ADMM_WIDE,
+            "inpaint-random": _ADMM_NARROW,
+            "inpaint-box": _ADMM_NARROW,
+        },
+    },
+}
+
+
+def auto_preset(prior: str) -> str | None:
+    """``"tuned32"`` for the priors shipped in the package (named by their registry name), else
+    ``None``: the presets were tuned with those priors, a user's checkpoint keeps the papers'
+    defaults."""
+    from diffinv.diffusion.zoo import available_priors
+
+    return "tuned32" if str(prior) in available_priors() else None
+
+
+def preset_table(preset: str, solver: str) -> dict[str, dict[str, Any]]:
+    """The whole per-operator table of ``solver`` in ``preset`` (empty if the preset leaves the
+    solver at its defaults); an unknown preset name lists the known ones."""
+    if preset not in PRESETS:
+        raise UnknownNameError("solver preset", preset, list(PRESETS))
+    return {op: dict(values) for op, values in PRESETS[preset].get(solver, {}).items()}
+
+
+def preset_params(preset: str, solver: str, operator: str | None) -> dict[str, Any]:
+    """The parameters ``preset`` sets for ``solver`` on ``operator`` (``None``: the ``"*"`` part)."""
+    table = preset_table(preset, solver)
+    out = dict(table.get("*", {}))
+    if operator is not None:
+        out.update(table.get(operator, {}))
+    return out
