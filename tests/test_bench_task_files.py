@@ -46,7 +46,7 @@ def test_task_file_parses_and_validates(path):
 
         for c in plan.cells:  # every solver accepts its cell's operator (SVD, linearity)
             op, params, _ = _task_parts(c["task"])
-            make_solver(c["method"].name, **c["method"].params).check_operator(
+            make_solver(c["method"].name, operator=op, **c["method"].params).check_operator(
                 make_operator(op, **params))
 
 
@@ -66,7 +66,7 @@ def test_linear_table_has_ilvr_on_super_resolution_only_and_n_50():
     assert plan.options["dataset"] == "fashion32:test"
 
 
-@pytest.mark.parametrize("name", ["tune_linear", "dmplug_convergence"])
+@pytest.mark.parametrize("name", ["tune_linear", "tune_nonlinear", "dmplug_convergence"])
 def test_tuning_runs_never_touch_test_images(name):
     plan = load_plan(TASKS / f"{name}.toml")
     assert plan.options["dataset"].endswith(":valid")
