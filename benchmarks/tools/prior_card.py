@@ -45,7 +45,9 @@ def training_phases(log: list[dict], final_step: int) -> list[dict]:
             c = r["config"]
             key = {"lr": c["lr"], "lr_schedule": c["lr_schedule"], "precision": c.get("precision", "fp32"),
                    "batch": c["batch"], "ema_decay": c["ema_decay"]}
-            if phases and {k: phases[-1][k] for k in key} == key:
+            if c["lr_schedule"] == "cosine":  # the decay window: from decay_start to steps
+                key.update(decay_start=c.get("decay_start", 0), decay_end=c["steps"])
+            if phases and {k: phases[-1].get(k) for k in key} == key:
                 continue
             if phases:
                 phases[-1]["to_step"] = r["step"]
