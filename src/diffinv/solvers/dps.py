@@ -40,8 +40,9 @@ from diffinv.guidance import make_energy, tweedie_gradient
 from diffinv.solvers.base import register_solver
 from diffinv.solvers.interleave import Context, Interleaved, Step
 
-#: Per-task step scales of the official DPS configs (FFHQ 256). PROVISIONAL for 32x32: to be
-#: replaced by values tuned on validation images (issue 4).
+#: Per-task step scales of the official DPS configs (FFHQ 256): the defaults. The scales tuned for
+#: the embedded 32x32 priors on validation images are in the ``tuned32`` preset
+#: (:mod:`diffinv.solvers.presets`; 1 for blur and box inpainting, 0.3 for random inpainting and SR).
 DPS_SCALES: dict[str, float] = {
     "sr-avgpool": 0.3, "sr-bicubic": 0.3, "gaussian-blur": 0.3, "motion-blur": 0.3,
     "blur": 0.3, "inpaint-random": 0.5, "inpaint-box": 0.5, "phase-retrieval": 1.0,
