@@ -333,6 +333,35 @@ def test_report_only_rerenders_identically_and_ignores_stray_rows(tmp_path):
     assert "16 not in this table" in (tmp_path / "out" / "t.md").read_text()
 
 
+def test_reuse_takes_another_runs_rows_for_the_same_units_only(tmp_path):
+    """Run b reuses run a: b computes only the units a has not, its report equals a fresh
+    computation, and another seed reuses nothing."""
+    a = write_task(tmp_path, grid=GRID.replace('metrics = ["score", "index"]', 'metrics = ["score"]'),
+                   name="a").rename(tmp_path / "a.toml")
+    run_quiet(a)
+    grid_b = GRID.replace('"alpha", ', '"alpha", "gamma", ').replace('"index"]', '"square"]')
+    b = write_task(tmp_path, grid=grid_b, name="b", reuse=["a"]).rename(tmp_path / "b.toml")
+    first = run_quiet(b)
+    assert first.written == 2 * 6  # gamma on both tasks; alpha and beta come from run a
+    assert {r[0][0] for r in unit_rows(tmp_path / "out", "b").values()} == {"gamma"}
+    fresh = run_quiet(write_task(tmp_path / "fresh", grid=grid_b, name="b"))
+    for mine, ref in zip(first.report.cells, fresh.report.cells, strict=True):
+        assert mine.cell.labels == ref.cell.labels and mine.n == ref.n == 6
+        for col in ("score", "square"):
+            assert mine.columns[col].center == ref.columns[col].center
+    assert "24 of them from run(s) a (same unit keys" in (tmp_path / "out" / "b.md").read_text()
+    assert run_quiet(b).written == 0
+    write_task(tmp_path, grid=grid_b, name="b", reuse=["a"], seed=8).rename(tmp_path / "b.toml")
+    assert run_quiet(b).written == 3 * 2 * 6  # another seed: other measurements, nothing reused
+
+
+@pytest.mark.parametrize("reuse", [["t"], "a", ["../a"], [""]])
+def test_reuse_must_name_other_runs(tmp_path, reuse):
+    with pytest.raises(BenchConfigError, match="reuse"):
+        run_quiet(write_task(tmp_path, reuse=reuse))
+    assert _no_output(tmp_path)
+
+
 def test_cli_runs_and_reports(tmp_path, capsys):
     task = write_task(tmp_path)
     parser = argparse.ArgumentParser()

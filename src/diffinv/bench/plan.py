@@ -11,6 +11,10 @@
     batch_size  units handed to the job function at once (default 1)
     device      torch device, e.g. "cpu", "cuda" (torchrun: "cuda" -> cuda:LOCAL_RANK)
     plugins     modules to import first (they register job kinds)
+    reuse       names of other runs in the same output directory whose rows count as this run's
+                where their unit key is one of this run's (same kind, seed, identifying options,
+                cell, resolved identities and index: the same computation), so two tables that
+                share cells compute them once; metrics the other run did not record are blank
 
 plus the kind's target key (``n_images`` for "restore") and its own options.
 
@@ -34,7 +38,7 @@ from diffinv.bench.jobs import REQUIRED, JobKind, get_job_kind, import_plugins
 from diffinv.bench.spec import Cell, TaskFile, digest, expand_grid, read_task_file
 
 COMMON_KEYS = {"name": None, "kind": "restore", "title": None, "notes": "", "seed": 0,
-               "output": None, "batch_size": 1, "device": "cpu", "plugins": []}
+               "output": None, "batch_size": 1, "device": "cpu", "plugins": [], "reuse": []}
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Plan:
     options: dict[str, Any]
     metrics: list[str]
     cells: list[Cell]
+    reuse: tuple[str, ...] = ()
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -109,6 +114,13 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
     name = task.name
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise BenchConfigError(f"{where}: [run] name {name!r} must be a plain file name")
+    reuse = run.get("reuse", [])
+    if not isinstance(reuse, list) or not all(isinstance(r, str) and r for r in reuse):
+        raise BenchConfigError(f"{where}: [run] reuse must be a list of run names")
+    for r in reuse:
+        if r == name or any(c in r for c in "/\\") or r.startswith("."):
+            raise BenchConfigError(f"{where}: [run] reuse names {r!r}: a plain file name of "
+                                   "another run (not this one) is expected")
     out = Path(run.get("output") or ".")
     out_dir = out if out.is_absolute() else (task.path.parent / out)
 
@@ -141,7 +153,7 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
     return Plan(task=task, kind=kind, name=name, title=str(run.get("title") or name),
                 notes=str(run.get("notes", "")), seed=seed, out_dir=out_dir.resolve(),
                 batch_size=batch_size, device=device, options=options, metrics=list(metrics),
-                cells=cells)
+                cells=cells, reuse=tuple(dict.fromkeys(reuse)))
 
 
 def _check_device(device: str, where: Path) -> None:

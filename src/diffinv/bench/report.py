@@ -58,6 +58,7 @@ class Report:
     n_rows: int
     n_files: int
     n_unused: int
+    n_reused: int = 0
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime(
         "%Y-%m-%d %H:%M UTC"))
 
@@ -71,7 +72,7 @@ def _fmt_identity(ident: Mapping[str, Any]) -> str:
 
 
 def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
-                 resolved: Resolved | None = None, n_files: int = 0) -> Report:
+                 resolved: Resolved | None = None, n_files: int = 0, n_reused: int = 0) -> Report:
     """Aggregate ``rows`` over the cells of ``plan``."""
     by_cell: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
@@ -122,7 +123,8 @@ def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
     return Report(plan=plan, command=command, cells=reports, columns=columns,
                   machines=list(machines), identities=list(identities),
                   first=min(stamps) if stamps else None, last=max(stamps) if stamps else None,
-                  n_rows=len(rows), n_files=n_files, n_unused=len(rows) - used)
+                  n_rows=len(rows), n_files=n_files, n_unused=len(rows) - used,
+                  n_reused=n_reused)
 
 
 def _decimals(s: Summary) -> int:
@@ -184,7 +186,9 @@ def header_lines(rep: Report) -> list[str]:
             else "median [95% order-statistic interval]")
     lines.append(f"Cells: {stat} over {plan.kind.replicate}s; N = {plan.kind.replicate}s done "
                  "(n/target* marks an incomplete cell)")
-    lines.append(f"Rows: {rep.n_rows} in {rep.n_files} file(s)"
+    reused = (f", {rep.n_reused} of them from run(s) {', '.join(plan.reuse)} (same unit keys; "
+              "metrics those runs did not record are blank)" if rep.n_reused else "")
+    lines.append(f"Rows: {rep.n_rows} in {rep.n_files} file(s){reused}"
                  + (f", {rep.n_unused} not in this table" if rep.n_unused else ""))
     return lines
 

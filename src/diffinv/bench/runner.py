@@ -65,12 +65,24 @@ def reproduce_command(task_path: Path) -> str:
     return f"diffinv bench {shown.as_posix()}"
 
 
-def _read_all(plan: Plan) -> tuple[list[dict[str, Any]], int]:
+def _read_all(plan: Plan) -> tuple[list[dict[str, Any]], int, int]:
+    """The run's own rows, then the rows of each run in ``plan.reuse`` that belong to one of this
+    run's cells (the unit key then decides, row by row, whether it is this run's computation);
+    returns (rows, number of files read, number of rows taken from other runs)."""
     files = run_files(plan.out_dir, plan.name)
     rows: list[dict[str, Any]] = []
     for p in files:
         rows.extend(read_records(p)[0])
-    return rows, len(files)
+    cell_keys = {plan.cell_key(c) for c in plan.cells}
+    n_reused = 0
+    for other in plan.reuse:
+        theirs = run_files(plan.out_dir, other)
+        files = files + theirs
+        for p in theirs:
+            mine = [r for r in read_records(p)[0] if r.get("cell_key") in cell_keys]
+            rows.extend(mine)
+            n_reused += len(mine)
+    return rows, len(files), n_reused
 
 
 def _as_result(r: Any) -> UnitResult:
@@ -144,11 +156,11 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
     command = command or reproduce_command(plan.task.path)
 
     if report_only:
-        rows, n_files = _read_all(plan)
+        rows, n_files, n_reused = _read_all(plan)
         if not rows:
             raise BenchRecordError(f"no rows of run {plan.name!r} in {plan.out_dir}; run "
                                    f"`{command}` first")
-        rep = build_report(plan, rows, command=command, n_files=n_files)
+        rep = build_report(plan, rows, command=command, n_files=n_files, n_reused=n_reused)
         return Outcome(plan, worker, 0, 0, rep, write_report(rep))
 
     device = run_device(plan.device, env)
@@ -158,7 +170,7 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
         plan.kind.validate(ctx, plan.cells)
     resolved = _resolve_all(plan, ctx)
 
-    rows, _ = _read_all(plan)
+    rows, _, _ = _read_all(plan)
     done = {r.get("key") for r in rows}
     todo: list[tuple[Cell, list[int]]] = []
     skipped = 0
@@ -200,10 +212,11 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
                     written += 1
                 bar.update(len(indices))
 
-    rows, n_files = _read_all(plan)
+    rows, n_files, n_reused = _read_all(plan)
     if not rows:
         return Outcome(plan, worker, written, skipped, None, ())
-    rep = build_report(plan, rows, command=command, resolved=resolved, n_files=n_files)
+    rep = build_report(plan, rows, command=command, resolved=resolved, n_files=n_files,
+                       n_reused=n_reused)
     files = write_report(rep)
     print(f"diffinv bench {plan.name}: wrote {files[0]} and {files[1]}", file=sys.stderr)
     return Outcome(plan, worker, written, skipped, rep, files)
