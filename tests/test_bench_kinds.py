@@ -65,7 +65,7 @@ def toy_validate(ctx, cells):
             raise UnknownNameError("method", cell["method"].name, TOY_METHODS)
 
 
-def toy_resolve(ctx, axis, entry):
+def toy_resolve(ctx, axis, entry, cell):
     return {"sha256": _weights_sha(entry)} if axis == "prior" else {}
 
 

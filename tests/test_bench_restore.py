@@ -146,9 +146,11 @@ def test_missing_solver_registry_is_a_clear_error(tmp_path, fakes, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_preset_method_is_identified_by_the_preset_table(tmp_path, fakes, monkeypatch):
+def test_a_preset_method_is_identified_by_what_it_sets_for_the_cells_operator(tmp_path, fakes,
+                                                                             monkeypatch):
     """``preset = NAME`` in a method entry: the solver gets the preset's values for the task's
-    operator, the rows record the preset's table, and retuning the preset recomputes them."""
+    operator, the rows record those values, and retuning the preset recomputes exactly the cells
+    whose operator's values changed."""
     from diffinv.solvers import presets
 
     def with_presets(name, *, preset=None, operator=None, **params):
@@ -160,18 +162,26 @@ def test_a_preset_method_is_identified_by_the_preset_table(tmp_path, fakes, monk
     monkeypatch.setitem(presets.PRESETS, "fake", {"adjoint": {"*": {"gain": 0.5}}})
     methods = [{"name": "adjoint", "gain": 0.5, "label": "half"},
                {"name": "adjoint", "preset": "fake", "label": "preset"}]
-    task = write_task(tmp_path, methods=methods, tasks=TASKS[:1])
-    assert run_benchmark(task, progress=False).written == 10
+    task = write_task(tmp_path, methods=methods)
+    assert run_benchmark(task, progress=False).written == 20
     rows = read_records(tmp_path / "out" / "r.jsonl")[0]
-    by = {(r["cell"]["method"]["label"], r["index"]): r for r in rows}
-    for i in range(5):  # the preset's gain 0.5 is what the solver got
-        assert by[("preset", i)]["metrics"] == by[("half", i)]["metrics"]
-        assert by[("preset", i)]["cell"]["method"]["resolved"] == {"preset": {"*": {"gain": 0.5}}}
-        assert by[("half", i)]["cell"]["method"]["resolved"] == {}
+    by = {(r["cell"]["method"]["label"], r["cell"]["task"]["label"], r["index"]): r for r in rows}
+    for t in ("deblur", "inpaint"):
+        for i in range(5):  # the preset's gain 0.5 is what the solver got
+            assert by[("preset", t, i)]["metrics"] == by[("half", t, i)]["metrics"]
+            assert by[("preset", t, i)]["cell"]["method"]["resolved"] == {
+                "preset": "fake", "params": {"gain": 0.5}}
+            assert by[("half", t, i)]["cell"]["method"]["resolved"] == {}
     assert run_benchmark(task, progress=False).written == 0  # unchanged: every row reused
-    monkeypatch.setitem(presets.PRESETS, "fake", {"adjoint": {"*": {"gain": 0.25}}})
-    assert run_benchmark(task, progress=False).written == 5  # retuned: only the preset rows
+    # an entry for another operator leaves the deblurring cells alone
+    monkeypatch.setitem(presets.PRESETS, "fake", {"adjoint": {"*": {"gain": 0.5},
+                                                              "inpaint-random": {"gain": 0.25}}})
+    assert run_benchmark(task, progress=False).written == 5
     rows = read_records(tmp_path / "out" / "r.jsonl")[0]
-    new = [r for r in rows if r["cell"]["method"]["resolved"] == {"preset": {"*": {"gain": 0.25}}}]
-    assert len(new) == 5
-    assert all(r["metrics"] != by[("preset", r["index"])]["metrics"] for r in new)
+    new = [r for r in rows if r["cell"]["method"]["resolved"].get("params") == {"gain": 0.25}]
+    assert {r["cell"]["task"]["label"] for r in new} == {"inpaint"} and len(new) == 5
+    assert all(r["metrics"] != by[("preset", "inpaint", r["index"])]["metrics"] for r in new)
+    # retuning "*" changes deblurring only: inpainting's own entry still wins there
+    monkeypatch.setitem(presets.PRESETS, "fake", {"adjoint": {"*": {"gain": 0.25},
+                                                              "inpaint-random": {"gain": 0.25}}})
+    assert run_benchmark(task, progress=False).written == 5

@@ -58,7 +58,7 @@ class RunContext:
 
 JobFn = Callable[[RunContext, Cell, Sequence[int]], Sequence[UnitResult]]
 ValidateFn = Callable[[RunContext, Sequence[Cell]], None]
-ResolveFn = Callable[[RunContext, str, Entry], Mapping[str, Any]]
+ResolveFn = Callable[[RunContext, str, Entry, Cell], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,9 @@ class JobKind:
     metrics: the metric names used when the task file gives none (``None``: a list is required).
     statistic: "mean" (95% t interval over replicates) or "median" (95% order-statistic interval).
     validate: checks names and options before anything is written (raises a DiffinvError).
-    resolve: extra identity of an axis value, computed at run time (e.g. a prior's SHA-256); it
-        is part of the unit key and stored in every row.
+    resolve: ``resolve(ctx, axis, entry, cell)``: extra identity of an axis value in a cell,
+        computed at run time (e.g. a prior's SHA-256, or what a method's preset sets for the
+        cell's operator); it is part of the unit key and stored in every row.
     """
 
     name: str

@@ -30,7 +30,7 @@ from diffinv.bench.plan import Plan
 from diffinv.bench.spec import Cell, canonical_json
 from diffinv.bench.stats import Summary, summarize
 
-Resolved = Mapping[tuple[str, str], Mapping[str, Any]]  # (axis, digest) -> identity
+Resolved = Mapping[tuple[str, str], Mapping[str, Any]]  # (cell key, axis) -> identity
 
 
 @dataclass
@@ -91,7 +91,7 @@ def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
         cand = [r for r in by_cell.get(plan.cell_key(cell), [])
                 if isinstance(r.get("index"), int) and 0 <= r["index"] < cell.target]
         if resolved is not None:
-            want = {a: dict(resolved.get((a, e.digest), {})) for a, e in cell}
+            want = {a: dict(resolved.get((plan.cell_key(cell), a), {})) for a, _ in cell}
             cand = [r for r in cand if _row_resolved(r) == want]
         else:
             groups = {canonical_json(_row_resolved(r)) for r in cand}

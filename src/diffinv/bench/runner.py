@@ -102,7 +102,7 @@ def _row(plan: Plan, ctx: RunContext, cell: Cell, index: int, res: UnitResult,
     cell_json = {}
     res_ident = {}
     for a, e in cell:
-        ident = dict(resolved.get((a, e.digest), {}))
+        ident = dict(resolved.get((plan.cell_key(cell), a), {}))
         res_ident[a] = ident
         cell_json[a] = {**e.describe(), "resolved": ident}
     return {
@@ -126,12 +126,13 @@ def _row(plan: Plan, ctx: RunContext, cell: Cell, index: int, res: UnitResult,
 
 
 def _resolve_all(plan: Plan, ctx: RunContext) -> dict[tuple[str, str], dict[str, Any]]:
+    """(cell key, axis) -> the resolved identity of that cell's value on that axis."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for cell in plan.cells:
+        key = plan.cell_key(cell)
         for a, e in cell:
-            if (a, e.digest) not in out:
-                ident = plan.kind.resolve(ctx, a, e) if plan.kind.resolve else {}
-                out[(a, e.digest)] = dict(ident or {})
+            ident = plan.kind.resolve(ctx, a, e, cell) if plan.kind.resolve else {}
+            out[(key, a)] = dict(ident or {})
     return out
 
 
@@ -176,7 +177,7 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
     skipped = 0
     k, m = worker
     for cell in selected:
-        ident = {a: resolved[(a, e.digest)] for a, e in cell}
+        ident = {a: resolved[(plan.cell_key(cell), a)] for a, _ in cell}
         mine = [i for i in range(cell.target) if i % m == k]
         left = [i for i in mine if plan.unit_key(cell, i, ident) not in done]
         skipped += len(mine) - len(left)

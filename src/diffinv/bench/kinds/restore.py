@@ -1,8 +1,8 @@
 """Job kind "restore": measure test images, solve the inverse problem, score the restorations.
 
 Grid axes: ``methods`` (solver name + parameters; ``preset = "tuned32"`` fills in the values
-tuned for the task's operator, :mod:`diffinv.solvers.presets`, and the preset's table is part of
-the row identity), ``tasks`` (an operator and a noise model) and
+tuned for the task's operator, :mod:`diffinv.solvers.presets`, and the values it sets for
+that operator are part of the row identity), ``tasks`` (an operator and a noise model) and
 ``priors`` (embedded name, or a table with ``name`` and ``path``). ``[run] dataset =
 "fashion32:test"`` names the images; image ``i`` of a cell is image ``i`` of that split,
 i = 0 .. n_images - 1.
@@ -148,16 +148,20 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
         raise BenchConfigError(f"n_images {most} exceeds the {n} images of {name}:{split}")
 
 
-def resolve(ctx: RunContext, axis: str, entry: Entry) -> dict[str, Any]:
-    """A prior's identity is the SHA-256 of its weights file; a method that names a ``preset``
-    is identified by the preset's whole per-operator table for it, so retuning a preset never
-    reuses rows computed with the old values."""
+def resolve(ctx: RunContext, axis: str, entry: Entry, cell: Cell | None = None) -> dict[str, Any]:
+    """A prior's identity is the SHA-256 of its weights file. A method that names a ``preset`` is
+    identified by the values the preset sets for the cell's operator (the whole per-operator table
+    when the cell has no task): retuning the preset for that operator recomputes the cell, while
+    an entry added for another operator leaves it alone."""
     if axis == "method":
         if "preset" not in entry.params:
             return {}
-        from diffinv.solvers.presets import preset_table
+        from diffinv.solvers.presets import preset_params, preset_table
 
-        return {"preset": preset_table(str(entry.params["preset"]), entry.name)}
+        name = str(entry.params["preset"])
+        if cell is None or "task" not in cell.axes:
+            return {"preset": name, "table": preset_table(name, entry.name)}
+        return {"preset": name, "params": preset_params(name, entry.name, _task_parts(cell["task"])[0])}
     if axis != "prior":
         return {}
     prior = _load_prior(ctx, entry)
