@@ -1,0 +1,139 @@
+"""DMPlug's fixed iteration budget and ES-WMV (W, P) from the convergence study (issue 5).
+
+    python benchmarks/tools/pick_wmv.py benchmarks/dmplug_convergence*.jsonl \
+        -o benchmarks/dmplug_convergence_picks.md
+
+(give every results file of the run: shards write NAME.partIofN.jsonl beside NAME.jsonl)
+
+The rows come from ``benchmarks/tasks/dmplug_convergence.toml``: one long run per validation image
+and problem, with no stopping, whose trace holds where the PSNR peaked
+(``trace:oracle_iteration``) and, for each candidate rule (W, P), the PSNR of the iterate that
+ES-WMV would have returned and the iteration at which it would have stopped.
+
+* **Budget** B: the smallest multiple of ``--round`` (500) iterations at or above the
+  ``--quantile`` (0.9, nearest rank) of the peak iterations over every (problem, image): a run of
+  B iterations reaches the peak on that share of the cases. The peak needs the truth; it is used
+  here, on validation images only, to size the budget, never to pick a test result.
+* **Rule**: the candidate with the best mean PSNR of its pick over every (problem, image); among
+  the candidates whose paired difference to it has a 95% interval containing 0 (not
+  distinguishable on these images), the one that runs the fewest iterations (mean of
+  min(stop, B)). A rule that has not stopped by B returns its minimum-variance iterate up to B;
+  the table gives the share of cases where it stopped within B (then its pick is exactly the one
+  measured here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from diffinv.bench.records import read_records
+from diffinv.bench.stats import mean_interval
+
+RULE = re.compile(r"^trace:wmv_(\d+)_(\d+)_psnr$")
+
+
+def cases(rows: list[dict]) -> dict[tuple[str, int], dict[str, float]]:
+    """{(problem label, image index): metrics}; a later row of the same case replaces an earlier."""
+    return {(r["cell"]["task"]["label"], int(r["index"])): r["metrics"] for r in rows}
+
+
+def rules(data: dict[tuple[str, int], dict[str, float]]) -> list[tuple[int, int]]:
+    """The (W, P) candidates recorded in every case, sorted."""
+    sets = [{(int(m[1]), int(m[2])) for k in metrics if (m := RULE.match(k))} for metrics in data.values()]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def nearest_rank(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[max(0, math.ceil(q * len(s)) - 1)]
+
+
+def budget(data: dict[tuple[str, int], dict[str, float]], quantile: float, step: int) -> int:
+    peaks = [m["trace:oracle_iteration"] for m in data.values()]
+    return max(step, step * math.ceil((nearest_rank(peaks, quantile) + 1) / step))
+
+
+def summarize(data: dict[tuple[str, int], dict[str, float]], b: int) -> list[dict]:
+    """Per rule: mean pick PSNR, stop share within b, mean iterations run (capped at b)."""
+    keys = sorted(data)
+    out = []
+    for w, p in rules(data):
+        picks = [data[k][f"trace:wmv_{w}_{p}_psnr"] for k in keys]
+        stops = [data[k][f"trace:wmv_{w}_{p}_iterations_run"] for k in keys]
+        to_peak = [data[k]["oracle"] - x for k, x in zip(keys, picks, strict=True)]
+        out.append({"rule": (w, p), "picks": picks, "psnr": mean_interval(picks),
+                    "within": sum(s <= b for s in stops) / len(stops),
+                    "iterations": math.fsum(min(s, b) for s in stops) / len(stops),
+                    "gap_oracle": mean_interval(to_peak)})
+    return out
+
+
+def choose(summary: list[dict]) -> tuple[dict, dict[tuple[int, int], object]]:
+    """The chosen rule and every rule's paired difference to the best mean."""
+    best = max(summary, key=lambda s: s["psnr"].center)
+    diffs = {s["rule"]: mean_interval([a - c for a, c in zip(best["picks"], s["picks"], strict=True)])
+             for s in summary}
+    tied = [s for s in summary if s is best or not diffs[s["rule"]].low > 0]
+    return min(tied, key=lambda s: (s["iterations"], -s["psnr"].center)), diffs
+
+
+def render(data: dict[tuple[str, int], dict[str, float]], sources: list[Path], quantile: float,
+           step: int) -> str:
+    names = " ".join(str(p) for p in sources)
+    b = budget(data, quantile, step)
+    summary = summarize(data, b)
+    chosen, diffs = choose(summary)
+    per_task: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for (task, _), m in sorted(data.items()):
+        per_task[task].append(m)
+    lines = [f"# DMPlug budget and ES-WMV rule from `{names}`", "",
+             f"Made by `python benchmarks/tools/pick_wmv.py {names}` (rules in its docstring). "
+             "Validation images only; the peak (oracle) needs the truth and sizes the budget, it "
+             "is never a result.", "",
+             "| problem | N | PSNR at the peak | PSNR of the last iterate | peak iteration: median "
+             "| 90% | max |",
+             "|---|--:|--:|--:|--:|--:|--:|"]
+    for task, ms in per_task.items():
+        peaks = [m["trace:oracle_iteration"] for m in ms]
+        peak_psnr = mean_interval([m["oracle"] for m in ms]).center
+        last_psnr = mean_interval([m["psnr"] for m in ms]).center
+        lines.append(f"| {task} | {len(ms)} | {peak_psnr:.2f} | {last_psnr:.2f} | "
+                     f"{nearest_rank(peaks, 0.5):.0f} | {nearest_rank(peaks, 0.9):.0f} | {max(peaks):.0f} |")
+    lines += ["", f"**Budget: {b} iterations** (the {quantile:.0%} quantile of the peak iterations over "
+              f"{len(data)} cases, rounded up to a multiple of {step}).", "",
+              "| rule (W, P) | pick PSNR | best minus this (paired) | peak minus pick "
+              "| stops within the budget | iterations run (mean, capped) |",
+              "|---|--:|--:|--:|--:|--:|"]
+    for s in summary:
+        d = diffs[s["rule"]]
+        mark = " **chosen**" if s is chosen else ""
+        lines.append(f"| ({s['rule'][0]}, {s['rule'][1]}){mark} | {s['psnr'].center:.2f} | "
+                     f"{d.center:+.2f} [{d.low:+.2f}, {d.high:+.2f}] | {s['gap_oracle'].center:.2f} | "
+                     f"{s['within']:.0%} | {s['iterations']:.0f} |")
+    w, p = chosen["rule"]
+    lines += ["", f"**Rule: W = {w}, P = {p}.**"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("jsonl", type=Path, nargs="+", help="every results file of the run")
+    ap.add_argument("-o", "--output", type=Path, default=None)
+    ap.add_argument("--quantile", type=float, default=0.9)
+    ap.add_argument("--round", type=int, default=500, dest="step")
+    args = ap.parse_args()
+    data = cases([r for path in args.jsonl for r in read_records(path)[0]])
+    if not data:
+        raise SystemExit(f"no rows in {' '.join(map(str, args.jsonl))}")
+    text = render(data, args.jsonl, args.quantile, args.step)
+    if args.output:
+        args.output.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
