@@ -24,7 +24,8 @@ over the whole batch tensor; identical at batch 1, which is how it is run); the 
 ancestral step is the prior's (our embedded priors are "fixed_small"; the official FFHQ prior
 learns its range). Scales: ``scale`` is one number or a table operator name -> number; the
 defaults below are the official FFHQ 256x256 configs (0.3 SR/deblur, 0.5 inpainting, 1.0 phase
-retrieval) and are **provisional** for 32x32 until they are tuned on validation images.
+retrieval); the values tuned for the embedded 32x32 priors on validation images are the
+``tuned32`` preset (:mod:`diffinv.solvers.presets`), which ``diffinv solve`` uses for them.
 ``sampler="ddim"`` and ``steps < 1000`` are extensions: the official code runs 1000 DDPM steps.
 """
 
@@ -42,7 +43,8 @@ from diffinv.solvers.interleave import Context, Interleaved, Step
 
 #: Per-task step scales of the official DPS configs (FFHQ 256): the defaults. The scales tuned for
 #: the embedded 32x32 priors on validation images are in the ``tuned32`` preset
-#: (:mod:`diffinv.solvers.presets`; 1 for blur and box inpainting, 0.3 for random inpainting and SR).
+#: (:mod:`diffinv.solvers.presets`; 1 for blur, nonlinear blur included, and box inpainting, 0.3
+#: for random inpainting and SR).
 DPS_SCALES: dict[str, float] = {
     "sr-avgpool": 0.3, "sr-bicubic": 0.3, "gaussian-blur": 0.3, "motion-blur": 0.3,
     "blur": 0.3, "inpaint-random": 0.5, "inpaint-box": 0.5, "phase-retrieval": 1.0,
@@ -52,7 +54,8 @@ DPS_SCALES: dict[str, float] = {
 DEFAULT_SCALE = 0.3
 
 #: Noise-matched variant: the NLL gradient is ||r||/sigma^2 times the norm's for Gaussian noise
-#: (sigma = 0.05 at 32x32: ~600x); PROVISIONAL default until tuned.
+#: (sigma = 0.05 at 32x32: ~600x). The paper gives no value for it; the ``tuned32`` preset has
+#: 1e-4 for nonlinear deblurring at sigma = 0.01 (validation images, tune_nonlinear.toml).
 NLL_DEFAULT_SCALE = 5e-4
 
 

@@ -14,8 +14,10 @@ was within the paired interval of the best at both levels or, if none was, the o
 at its worse level (DMPS on random inpainting: lambda 10 is best at sigma 0.05 by 1.1 dB but loses
 6.9 dB at sigma 0.01, so 3). The deviations from the papers:
 
-* DPS: step scale zeta 1 on blur and box inpainting, 0.3 on random inpainting (the official
-  configs: 0.3 for blur, 0.5 for inpainting; 0.3 for super-resolution is kept);
+* DPS: step scale zeta 1 on blur (nonlinear deblurring included) and box inpainting, 0.3 on
+  random inpainting (the official configs: 0.3 for blur, 0.5 for inpainting; 0.3 for
+  super-resolution is kept); the noise-matched DPS ("dps-nll") 1e-4 on nonlinear deblurring
+  (``benchmarks/tune_nonlinear_picks.md``, from ``benchmarks/tasks/tune_nonlinear.toml``);
 * DDRM: 100 steps instead of 20 (best mean on 6 of 7 tasks; e.g. random inpainting 21.5 vs
   19.4 dB), ``eta = 1`` instead of 0.85 except for motion blur;
 * PiGDM: ``w = 3`` with the official weighting on blur and super-resolution, the ``"score"``
@@ -45,6 +47,10 @@ PRESETS: dict[str, dict[str, ParamTable]] = {
             "inpaint-box": {"scale": 1.0},
             "gaussian-blur": {"scale": 1.0},
             "motion-blur": {"scale": 1.0},
+            "nonlinear-blur": {"scale": 1.0},
+        },
+        "dps-nll": {
+            "nonlinear-blur": {"scale": 1e-4},
         },
         "ddrm": {
             "*": {"steps": 100, "eta": 1.0},
