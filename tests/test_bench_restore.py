@@ -181,6 +181,11 @@ def test_a_preset_method_is_identified_by_what_it_sets_for_the_cells_operator(tm
     new = [r for r in rows if r["cell"]["method"]["resolved"].get("params") == {"gain": 0.25}]
     assert {r["cell"]["task"]["label"] for r in new} == {"inpaint"} and len(new) == 5
     assert all(r["metrics"] != by[("preset", "inpaint", r["index"])]["metrics"] for r in new)
+    # the report header names which cells each of the preset's parameter sets was used in
+    header = [ln for ln in (tmp_path / "out" / "r.md").read_text().splitlines()
+              if ln.startswith("- Method preset:")]
+    assert header == ["- Method preset: params {'gain': 0.5} preset fake (in: deblur)",
+                      "- Method preset: params {'gain': 0.25} preset fake (in: inpaint)"]
     # retuning "*" changes deblurring only: inpainting's own entry still wins there
     monkeypatch.setitem(presets.PRESETS, "fake", {"adjoint": {"*": {"gain": 0.25},
                                                               "inpaint-random": {"gain": 0.25}}})

@@ -52,7 +52,7 @@ class Report:
     cells: list[CellReport]
     columns: list[str]
     machines: list[str]
-    identities: list[tuple[str, str, str]]  # (axis, label, "key=value ...")
+    identities: list[tuple[str, str, str]]  # (axis, label, "key value ..." [+ " (in: cells)"])
     first: str | None
     last: str | None
     n_rows: int
@@ -71,6 +71,34 @@ def _fmt_identity(ident: Mapping[str, Any]) -> str:
     return " ".join(f"{k} {v}" for k, v in sorted(ident.items()))
 
 
+def _varying_axes(plan: Plan) -> set[str]:
+    """The axes whose label differs between the plan's cells."""
+    labels: dict[str, set[str]] = {}
+    for cell in plan.cells:
+        for a, e in cell:
+            labels.setdefault(a, set()).add(e.label)
+    return {a for a, ls in labels.items() if len(ls) > 1}
+
+
+def _identity_lines(plan: Plan, identities: Mapping[tuple[str, str, str], list[str]]
+                    ) -> list[tuple[str, str, str]]:
+    """Identities in axis order; where one axis value has several (a preset's per-task
+    parameters), each names the cells it was used in."""
+    order: dict[str, int] = {}
+    for cell in plan.cells:
+        for a, _ in cell:
+            order.setdefault(a, len(order))
+    count: dict[tuple[str, str], int] = {}
+    for a, label, _ in identities:
+        count[(a, label)] = count.get((a, label), 0) + 1
+    out = []
+    for (a, label, ident), where in sorted(identities.items(), key=lambda kv: order.get(kv[0][0], 99)):
+        if count[(a, label)] > 1 and where:
+            ident += f" (in: {', '.join(where)})"
+        out.append((a, label, ident))
+    return out
+
+
 def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
                  resolved: Resolved | None = None, n_files: int = 0, n_reused: int = 0) -> Report:
     """Aggregate ``rows`` over the cells of ``plan``."""
@@ -84,7 +112,8 @@ def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
 
     used = 0
     machines: dict[str, None] = {}
-    identities: dict[tuple[str, str, str], None] = {}
+    identities: dict[tuple[str, str, str], list[str]] = {}  # -> labels of the cells using it
+    varying = _varying_axes(plan)
     stamps: list[str] = []
     reports = []
     for cell in plan.cells:
@@ -110,7 +139,10 @@ def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
             machines.setdefault(describe_machine(r.get("machine", {})), None)
             for a, ident in _row_resolved(r).items():
                 if ident:
-                    identities.setdefault((a, cell[a].label, _fmt_identity(ident)), None)
+                    where = identities.setdefault((a, cell[a].label, _fmt_identity(ident)), [])
+                    here = "/".join(e.label for b, e in cell if b != a and b in varying)
+                    if here and here not in where:
+                        where.append(here)
             stamps.extend(s for s in (r.get("started"), r.get("finished")) if s)
         cols = {}
         for c in columns:
@@ -121,7 +153,7 @@ def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
             cols[c] = summarize(xs, plan.kind.statistic)
         reports.append(CellReport(cell, len(chosen), cell.target, cols))
     return Report(plan=plan, command=command, cells=reports, columns=columns,
-                  machines=list(machines), identities=list(identities),
+                  machines=list(machines), identities=_identity_lines(plan, identities),
                   first=min(stamps) if stamps else None, last=max(stamps) if stamps else None,
                   n_rows=len(rows), n_files=n_files, n_unused=len(rows) - used,
                   n_reused=n_reused)
