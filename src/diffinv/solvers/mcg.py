@@ -18,8 +18,12 @@ measurement is noised to the output's level ``i-1`` (paper) whereas DPS's code n
 does; DPS's code adds ``N(0, I)`` in measurement space instead. The two agree for inpainting
 masks (``A A^T = I``) and differ in scale for average-pooling SR. With a noisy ``y`` the
 projection imposes the measurement's noise (a known weakness of MCG on noisy problems, which the
-DPS paper points out). Scales: PROVISIONAL (DPS defaults). The MCG authors' own repository
-(HJ-harry/MCG_diffusion) was not checked; DPS's ``mcg`` method is the reference here.
+DPS paper points out): on blur, whose singular values reach far below the noise level, the
+default ``pinv_eps = 1e-3`` lets ``A^+`` amplify that noise up to 1000-fold, and the ``tuned32``
+preset truncates at 0.3 instead (:mod:`diffinv.solvers.presets`; ``benchmarks/tune_linear_picks.md``).
+Defaults: DPS's official per-task scales (``scale=None``); the ``tuned32`` preset has the scales
+chosen on validation images. The MCG authors' own repository (HJ-harry/MCG_diffusion) was not
+checked; DPS's ``mcg`` method is the reference here.
 """
 
 from __future__ import annotations
