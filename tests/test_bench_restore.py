@@ -19,6 +19,7 @@ import diffinv
 import diffinv.data
 import diffinv.solvers
 from diffinv.bench import BenchConfigError, run_benchmark
+from diffinv.bench.errors import BenchRecordError
 from diffinv.bench.kinds.restore import derived_seed
 from diffinv.bench.records import read_records
 from diffinv.data import ImageSet
@@ -190,3 +191,44 @@ def test_a_preset_method_is_identified_by_what_it_sets_for_the_cells_operator(tm
     monkeypatch.setitem(presets.PRESETS, "fake", {"adjoint": {"*": {"gain": 0.25},
                                                               "inpaint-random": {"gain": 0.25}}})
     assert run_benchmark(task, progress=False).written == 5
+
+
+def test_gallery_redraws_the_tables_restorations_and_checks_them(tmp_path, fakes):
+    """``--gallery K``: images 0..K-1 of each cell recomputed as the rows were (their PSNRs agree
+    with the table's), one PNG per task with truth | y | each method, and no rows written."""
+    from PIL import Image
+
+    from diffinv.bench.gallery import TILE_SCALE, make_gallery
+
+    task = write_task(tmp_path)
+    run_benchmark(task, progress=False)
+    rows_before = (tmp_path / "out" / "r.jsonl").read_text()
+    g = make_gallery(task, 2, progress=False)
+    assert [p.name for p in g.images] == ["deblur-fake32.png", "inpaint-fake32.png"]
+    assert g.compared == 3 * 2 * 2 and g.max_abs_diff_db < 1e-4
+    assert g.columns["deblur-fake32.png"] == ["truth", "y", "adjoint", "half", "measured"]
+    im = Image.open(g.images[0])
+    assert im.width > 5 * 32 * TILE_SCALE and im.height > 2 * 32 * TILE_SCALE
+    md = g.markdown.read_text()
+    assert "--gallery 2" in md and "12 (cell, image) pairs" in md
+    assert "![deblur-fake32](r_gallery/deblur-fake32.png)" in md
+    assert (tmp_path / "out" / "r.jsonl").read_text() == rows_before
+    # a table whose rows the gallery cannot reproduce is an error, not a misleading picture
+    lines = rows_before.splitlines()
+    row = json.loads(lines[0])
+    row["metrics"]["psnr"] += 1.0
+    (tmp_path / "out" / "r.jsonl").write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n")
+    with pytest.raises(BenchRecordError, match="differs from the table's row"):
+        make_gallery(task, 2, progress=False)
+
+
+def test_gallery_without_rows_and_bad_requests(tmp_path, fakes):
+    from diffinv.bench.gallery import make_gallery
+
+    task = write_task(tmp_path)
+    g = make_gallery(task, 1, only=["task=deblur"], progress=False)
+    assert g.compared == 0 and len(g.images) == 1 and "nothing to compare" in g.markdown.read_text()
+    assert not (tmp_path / "out" / "r.jsonl").exists()
+    for bad in (0, -2, True):
+        with pytest.raises(BenchConfigError, match="positive number of images"):
+            make_gallery(task, bad, progress=False)

@@ -24,6 +24,7 @@ from scipy import stats
 
 import test_bench_kinds as toy  # registers the "toy" kind
 from diffinv.bench import BenchConfigError, BenchRecordError, load_plan, run_benchmark
+from diffinv.bench.plan import select_cells
 from diffinv.bench.records import read_records, run_files
 from diffinv.cli import bench as bench_cli
 from diffinv.errors import DiffinvError, UnknownNameError
@@ -263,6 +264,15 @@ def test_only_computes_the_matching_cells_and_the_rest_resumes(tmp_path):
     assert {r[0][0] for r in unit_rows(tmp_path / "only" / "out").values()} == {"beta-0.5"}
     assert run_quiet(task).written == 12
     assert unit_rows(tmp_path / "only" / "out") == expected
+
+
+def test_only_filters_on_one_axis_are_alternatives_and_on_two_axes_all_hold(tmp_path):
+    plan = load_plan(write_task(tmp_path))
+    both = select_cells(plan.cells, ["method=alpha", "method=beta-0.5", "task=sr"])
+    assert sorted(c.labels for c in both) == [("alpha", "sr", "p1"), ("beta-0.5", "sr", "p1")]
+    assert select_cells(plan.cells, ["method=alpha", "method=alpha"]) == \
+        select_cells(plan.cells, ["method=alpha"])
+    assert len(select_cells(plan.cells, None)) == len(plan.cells)
 
 
 @pytest.mark.parametrize("spec, match", [

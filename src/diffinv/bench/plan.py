@@ -181,14 +181,16 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
 
 
 def select_cells(cells: Sequence[Cell], only: Sequence[str] | None) -> list[Cell]:
-    """The cells matching every ``AXIS=VALUE`` filter of ``only`` (all cells when empty).
+    """The cells matching the ``AXIS=VALUE`` filters of ``only`` (all cells when empty).
 
     AXIS is a grid axis, singular or plural (``prior`` or ``priors``); VALUE matches an entry's
-    label or its registry name. A filter that names an unknown axis or matches no cell is an
-    error that lists what is there.
+    label or its registry name. Filters on the same axis are alternatives (``method=ddrm
+    method=pigdm``: either), filters on different axes must all hold. A filter that names an
+    unknown axis or matches no cell is an error that lists what is there.
     """
     cells = list(cells)
     axes = {a for c in cells for a in c.axes}
+    wanted: dict[str, set[str]] = {}
     for spec in only or ():
         axis, sep, value = str(spec).partition("=")
         axis, value = axis.strip(), value.strip()
@@ -198,12 +200,15 @@ def select_cells(cells: Sequence[Cell], only: Sequence[str] | None) -> list[Cell
             axis = axis[:-1]
         if axis not in axes:
             raise BenchConfigError(f"--only {spec!r}: no axis {axis!r}; axes: {sorted(axes)}")
-        kept = [c for c in cells if value in (c[axis].label, c[axis].name)]
-        if not kept:
+        if not any(value in (c[axis].label, c[axis].name) for c in cells):
             known = sorted({c[axis].label for c in cells})
             raise BenchConfigError(f"--only {spec!r}: no {axis} {value!r}; known: {known}")
-        cells = kept
-    return cells
+        wanted.setdefault(axis, set()).add(value)
+    kept = [c for c in cells
+            if all({c[a].label, c[a].name} & values for a, values in wanted.items())]
+    if not kept:
+        raise BenchConfigError(f"--only {list(only or ())}: no cell has all of these")
+    return kept
 
 
 def env_rank(env: Mapping[str, str] | None = None) -> tuple[int, int]:

@@ -25,16 +25,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "file, the report merges them")
     p.add_argument("--only", metavar="AXIS=VALUE", action="append", default=None,
                    help="compute only the cells whose AXIS entry has this label or name, e.g. "
-                        "--only prior=fashion32 (repeat to narrow further); the report still "
-                        "merges every row of the run")
+                        "--only prior=fashion32; repeated on one axis: either value, on "
+                        "different axes: all must hold; the report still merges every row of "
+                        "the run")
     p.add_argument("--report-only", action="store_true",
                    help="compute nothing: re-render the tables from the rows on disk")
+    p.add_argument("--gallery", metavar="K", type=int, default=None,
+                   help="restore tables: recompute images 0..K-1 of each (--only) cell as the "
+                        "rows were computed and draw NAME_gallery/TASK.png (truth | y | each "
+                        "method, with PSNRs) and NAME_gallery.md; writes no rows, checks the "
+                        "recomputed PSNRs against the table's")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from diffinv.bench.runner import run_benchmark
+
+    if args.gallery is not None:
+        if args.shard or args.report_only:
+            from diffinv.bench.errors import BenchConfigError
+
+            raise BenchConfigError("--gallery computes its own images: it takes neither --shard "
+                                   "nor --report-only")
+        from diffinv.bench.gallery import make_gallery
+
+        g = make_gallery(args.task, args.gallery, only=args.only, progress=not args.no_progress)
+        print(f"wrote {g.markdown} and {len(g.images)} image(s) in "
+              f"{g.images[0].parent if g.images else g.markdown.parent}", file=sys.stderr)
+        return 0
 
     argv = ["diffinv", "bench", args.task]
     if args.shard:

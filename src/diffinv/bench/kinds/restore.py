@@ -50,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from diffinv.bench.errors import BenchConfigError
@@ -254,10 +255,21 @@ def _solvers() -> Any:
     return make_solver
 
 
-def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]:
+@dataclass
+class Restored:
+    """One batch of a cell: the truth, its labels, the measurement and the solver's result."""
+
+    x: Any
+    labels: Any
+    measurement: Any
+    result: Any
+    extra: dict[str, Any]
+
+
+def restore_batch(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> Restored:
+    """Steps 1-3 of the module docstring for images ``indices`` of ``cell``."""
     import torch
 
-    from diffinv.metrics import get_metric
     from diffinv.physics import make_operator, measure
     from diffinv.seeding import image_generators
 
@@ -281,13 +293,26 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
                              "solver_seed": solver_seed}
     if cuda:
         extra["peak_memory_mb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
+    return Restored(x, labels, m, result, extra)
 
-    scores = {name: (_score(get_metric(name), result.x, x, labels) if trace_key(name) is None
-                     else _from_trace(result.trace, str(trace_key(name)), len(indices)))
-              for name in ctx.metrics}
-    per_image = float(result.seconds) / len(indices)
+
+def score_batch(ctx: RunContext, batch: Restored) -> dict[str, list[float]]:
+    """Step 4: every metric of the run, one value per image."""
+    from diffinv.metrics import get_metric
+
+    n = batch.x.shape[0]
+    return {name: (_score(get_metric(name), batch.result.x, batch.x, batch.labels)
+                   if trace_key(name) is None
+                   else _from_trace(batch.result.trace, str(trace_key(name)), n))
+            for name in ctx.metrics}
+
+
+def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]:
+    batch = restore_batch(ctx, cell, indices)
+    scores = score_batch(ctx, batch)
+    per_image = float(batch.result.seconds) / len(indices)
     return [UnitResult(metrics={name: scores[name][j] for name in ctx.metrics},
-                       nfe=float(result.nfe), seconds=per_image, extra=extra)
+                       nfe=float(batch.result.nfe), seconds=per_image, extra=batch.extra)
             for j in range(len(indices))]
 
 

@@ -1,0 +1,193 @@
+"""Image galleries for "restore" tables: what the numbers of a table look like.
+
+``diffinv bench TASK.toml --gallery K`` recomputes images ``0 .. K-1`` of every cell (or of the
+cells ``--only`` selects) exactly as the table's rows were computed (same measurement of image
+``i``, same per-image solver generator: :func:`diffinv.bench.kinds.restore.restore_batch`), and
+draws one PNG per (task, prior): a row per image, the columns ``truth | y | one per method``, each
+restoration captioned with its PSNR. Nothing is added to the run's rows.
+
+Because a solver's randomness is per image, the restorations are those the table scored. The
+gallery checks it: where the run has a row for (cell, image) with the current identities, it
+compares the recomputed PSNR with the row's and writes the largest difference into
+``NAME_gallery.md`` (a batch of K images may round differently from the table's batches, so the
+differences are small, not zero); a difference above ``tolerance_db`` is an error, since the
+picture would then not show what the table measured.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffinv.bench.errors import BenchConfigError, BenchRecordError
+from diffinv.bench.jobs import RunContext
+from diffinv.bench.plan import Plan, load_plan, run_device, select_cells
+from diffinv.bench.spec import Cell
+
+TILE_SCALE = 3
+HEADER_PX = 14
+CAPTION_PX = 12
+
+
+@dataclass
+class Gallery:
+    """What :func:`make_gallery` wrote and how the recomputed PSNRs agreed with the table's rows."""
+
+    images: list[Path]
+    markdown: Path
+    compared: int = 0
+    max_abs_diff_db: float = 0.0
+    columns: dict[str, list[str]] = field(default_factory=dict)  # image file name -> labels
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "task"
+
+
+def _tile(img: Any, size: int) -> Any:
+    """A (C, h, w) tensor in [-1, 1] -> a PIL RGB tile of ``size`` x ``size`` (nearest)."""
+    from PIL import Image
+
+    from diffinv.data.images import to_uint8
+
+    im = Image.fromarray(to_uint8(img.detach().float().cpu().clamp(-1, 1))).convert("RGB")
+    return im.resize((size, size), Image.Resampling.NEAREST)
+
+
+def draw_panel(columns: Sequence[Any], labels: Sequence[str],
+               captions: Sequence[Sequence[str] | None], path: Path, title: str) -> Path:
+    """Rows of images side by side, a label above each column and a caption under each tile.
+
+    ``columns[j]`` is a (N, C, h, w) batch; tiles are enlarged (nearest) to the largest size
+    times ``TILE_SCALE``; ``captions[j]`` is None or N strings.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    n = columns[0].shape[0]
+    size = max(c.shape[-1] for c in columns) * TILE_SCALE
+    font = ImageFont.load_default()
+    pad = 4
+    width = max(size, 8 * max(len(s) for s in labels) + pad) + pad
+    row_h = size + CAPTION_PX + pad
+    canvas = Image.new("RGB", (pad + width * len(columns), 2 * HEADER_PX + pad + n * row_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 1), title, fill="black", font=font)
+    for j, (col, label) in enumerate(zip(columns, labels, strict=True)):
+        x0 = pad + j * width
+        draw.text((x0, HEADER_PX + 1), label, fill="black", font=font)
+        for i in range(n):
+            y0 = 2 * HEADER_PX + pad + i * row_h
+            canvas.paste(_tile(col[i], size), (x0, y0))
+            if captions[j] is not None:
+                draw.text((x0, y0 + size + 1), captions[j][i], fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def _groups(cells: Sequence[Cell]) -> dict[tuple[str, ...], list[Cell]]:
+    """Cells grouped by everything but the method (task, prior), in file order."""
+    out: dict[tuple[str, ...], list[Cell]] = {}
+    for c in cells:
+        out.setdefault(tuple(e.label for a, e in c if a != "method"), []).append(c)
+    return out
+
+
+def _row_psnr(plan: Plan, resolved: dict[tuple[str, str], dict[str, Any]]) -> dict[str, float]:
+    """unit key -> PSNR of the run's rows (their own and reused ones)."""
+    from diffinv.bench.runner import _read_all
+
+    rows, _, _ = _read_all(plan)
+    return {str(r.get("key")): float(r["metrics"]["psnr"]) for r in rows
+            if "psnr" in r.get("metrics", {})}
+
+
+def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
+                 only: Sequence[str] | None = None, progress: bool = True,
+                 tolerance_db: float = 0.05) -> Gallery:
+    """Draw the gallery of a "restore" task file (see the module docstring)."""
+    from diffinv.bench.kinds import restore
+    from diffinv.bench.runner import _resolve_all
+    from diffinv.metrics import psnr
+    from diffinv.physics.measurement import png_view
+    from diffinv.solvers._common import progress as bar
+
+    plan = load_plan(task_path)
+    if plan.kind.name != "restore":
+        raise BenchConfigError(f"--gallery draws restorations: {plan.task.path} is a "
+                               f"{plan.kind.name!r} run, not 'restore'")
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise BenchConfigError(f"--gallery takes a positive number of images; got {n_images!r}")
+    cells = select_cells(plan.cells, only)
+    k = min([n_images] + [c.target for c in cells])
+    ctx = RunContext(name=plan.name, kind=plan.kind.name, seed=plan.seed,
+                     device=run_device(plan.device, os.environ), options=dict(plan.options),
+                     metrics=["psnr"], shard=(0, 1))
+    restore.validate(ctx, cells)
+    resolved = _resolve_all(plan, ctx)
+    table = _row_psnr(plan, resolved)
+
+    out_dir = plan.out_dir / f"{plan.name}_gallery"
+    images: list[Path] = []
+    gallery = Gallery(images=images, markdown=plan.out_dir / f"{plan.name}_gallery.md")
+    todo = [(g, c) for g, cs in _groups(cells).items() for c in cs]
+    done: dict[tuple[str, ...], list[tuple[str, Any, list[float]]]] = {}
+    truth: dict[tuple[str, ...], tuple[Any, Any]] = {}
+    for group, cell in bar(todo, progress, "gallery"):
+        batch = restore.restore_batch(ctx, cell, list(range(k)))
+        x_hat = batch.result.x.detach().cpu()
+        values = [float(v) for v in psnr(x_hat, batch.x.cpu())]
+        ident = {a: resolved[(plan.cell_key(cell), a)] for a, _ in cell}
+        for i, v in enumerate(values):
+            row = table.get(plan.unit_key(cell, i, ident))
+            if row is None:
+                continue
+            diff = abs(v - row)
+            if diff > tolerance_db:
+                raise BenchRecordError(
+                    f"{'/'.join(cell.labels)} image {i}: the gallery's PSNR {v:.3f} dB differs from "
+                    f"the table's row {row:.3f} dB by more than {tolerance_db} dB; the table was "
+                    "computed by other code or settings: rerun the table first")
+            gallery.compared += 1
+            gallery.max_abs_diff_db = max(gallery.max_abs_diff_db, diff)
+        truth.setdefault(group, (batch.x.cpu(), png_view(batch.measurement.y)))
+        done.setdefault(group, []).append((cell["method"].label, x_hat, values))
+
+    for group, results in done.items():
+        x, y = truth[group]
+        labels = ["truth", "y"] + [m for m, _, _ in results]
+        columns = [x, y] + [r for _, r, _ in results]
+        captions: list[Sequence[str] | None] = [None, None] + [
+            [f"{v:.1f} dB" for v in vals] for _, _, vals in results]
+        name = _slug("_".join(group)) + ".png"
+        title = " / ".join(group) + f"  ({plan.options.get('dataset')} images 0..{k - 1})"
+        images.append(draw_panel(columns, labels, captions, out_dir / name, title))
+        gallery.columns[name] = labels
+    _write_markdown(plan, gallery, k, only)
+    return gallery
+
+
+def _write_markdown(plan: Plan, gallery: Gallery, k: int, only: Sequence[str] | None) -> None:
+    from diffinv.bench.runner import reproduce_command
+
+    cmd = f"{reproduce_command(plan.task.path)} --gallery {k}" + "".join(
+        f" --only {s}" for s in only or ())
+    check = (f"The recomputed PSNRs of {gallery.compared} (cell, image) pairs that the table "
+             f"also has differ from its rows by at most {gallery.max_abs_diff_db:.2g} dB."
+             if gallery.compared else "The table has no rows for these images yet: nothing to "
+             "compare the recomputed PSNRs with.")
+    lines = [f"# {plan.title}: gallery", "",
+             f"- Command: {cmd}",
+             f"- Images 0..{k - 1} of {plan.options.get('dataset')}, seed {plan.seed}: the same "
+             "measurements and per-image solver randomness as the table's rows.",
+             f"- {check}", ""]
+    base = gallery.markdown.parent
+    for p in gallery.images:
+        rel = p.relative_to(base).as_posix()
+        lines += [f"## {p.stem}", "", f"Columns: {' | '.join(gallery.columns[p.name])}", "",
+                  f"![{p.stem}]({rel})", ""]
+    gallery.markdown.write_text("\n".join(lines))
