@@ -9,9 +9,11 @@ restoration captioned with its PSNR. Nothing is added to the run's rows.
 Because a solver's randomness is per image, the restorations are those the table scored. The
 gallery checks it: where the run has a row for (cell, image) with the current identities, it
 compares the recomputed PSNR with the row's and writes the largest difference into
-``NAME_gallery.md`` (a batch of K images may round differently from the table's batches, so the
-differences are small, not zero); a difference above ``tolerance_db`` is an error, since the
-picture would then not show what the table measured.
+``NAME_gallery.md``. A batch of K images rounds differently from the table's batches of 10, and
+over 1000 stochastic steps such float32 differences grow: 0.031 dB at most over 90 pairs of DDRM,
+PiGDM, DMPS, ADMM-PnP and ILVR (``benchmarks/linear_gallery.md``), 4e-6 dB for DDRM alone. A
+difference above ``tolerance_db`` (0.25 dB) is an error, since the picture would then not show
+what the table measured.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def _row_psnr(plan: Plan, resolved: dict[tuple[str, str], dict[str, Any]]) -> di
 
 def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
                  only: Sequence[str] | None = None, progress: bool = True,
-                 tolerance_db: float = 0.05) -> Gallery:
+                 tolerance_db: float = 0.25) -> Gallery:
     """Draw the gallery of a "restore" task file (see the module docstring)."""
     from diffinv.bench.kinds import restore
     from diffinv.bench.runner import _resolve_all
