@@ -385,6 +385,25 @@ def test_cli_runs_and_reports(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra", [["--shard", "0/2"], ["--report-only"]])
+def test_cli_gallery_refuses_shards_and_report_only(tmp_path, extra):
+    task = write_task(tmp_path)
+    parser = argparse.ArgumentParser()
+    bench_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", str(task), "--gallery", "2", *extra])
+    with pytest.raises(BenchConfigError, match="--gallery computes its own images"):
+        args.func(args)
+    assert _no_output(tmp_path)
+
+
+def test_gallery_is_for_restore_tables_only(tmp_path):
+    from diffinv.bench.gallery import make_gallery
+
+    with pytest.raises(BenchConfigError, match="is a 'toy' run, not 'restore'"):
+        make_gallery(write_task(tmp_path), 2, progress=False)
+    assert _no_output(tmp_path)
+
+
 # ----------------------------------------------------------------------------------- bad input
 def _no_output(d: Path) -> bool:
     return not (d / "out").exists()
