@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,11 +100,11 @@ def _groups(cells: Sequence[Cell]) -> dict[tuple[str, ...], list[Cell]]:
     return out
 
 
-def _row_psnr(plan: Plan, resolved: dict[tuple[str, str], dict[str, Any]]) -> dict[str, float]:
+def _row_psnr(plan: Plan) -> dict[str, float]:
     """unit key -> PSNR of the run's rows (their own and reused ones)."""
-    from diffinv.bench.runner import _read_all
+    from diffinv.bench.runner import read_all_rows
 
-    rows, _, _ = _read_all(plan)
+    rows, _, _ = read_all_rows(plan)
     return {str(r.get("key")): float(r["metrics"]["psnr"]) for r in rows
             if "psnr" in r.get("metrics", {})}
 
@@ -112,11 +113,12 @@ def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
                  only: Sequence[str] | None = None, progress: bool = True,
                  tolerance_db: float = 0.25) -> Gallery:
     """Draw the gallery of a "restore" task file (see the module docstring)."""
+    from tqdm import tqdm
+
     from diffinv.bench.kinds import restore
-    from diffinv.bench.runner import _resolve_all
+    from diffinv.bench.runner import resolve_all
     from diffinv.metrics import psnr
     from diffinv.physics.measurement import png_view
-    from diffinv.solvers._common import progress as bar
 
     plan = load_plan(task_path)
     if plan.kind.name != "restore":
@@ -130,8 +132,8 @@ def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
                      device=run_device(plan.device, os.environ), options=dict(plan.options),
                      metrics=["psnr"], shard=(0, 1))
     restore.validate(ctx, cells)
-    resolved = _resolve_all(plan, ctx)
-    table = _row_psnr(plan, resolved)
+    resolved = resolve_all(plan, ctx)
+    table = _row_psnr(plan)
 
     out_dir = plan.out_dir / f"{plan.name}_gallery"
     images: list[Path] = []
@@ -139,11 +141,11 @@ def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
     todo = [(g, c) for g, cs in _groups(cells).items() for c in cs]
     done: dict[tuple[str, ...], list[tuple[str, Any, list[float]]]] = {}
     truth: dict[tuple[str, ...], tuple[Any, Any]] = {}
-    for group, cell in bar(todo, progress, "gallery"):
+    for group, cell in tqdm(todo, desc="gallery", disable=not progress, file=sys.stderr):
         batch = restore.restore_batch(ctx, cell, list(range(k)))
         x_hat = batch.result.x.detach().cpu()
         values = [float(v) for v in psnr(x_hat, batch.x.cpu())]
-        ident = {a: resolved[(plan.cell_key(cell), a)] for a, _ in cell}
+        ident = plan.cell_identity(cell, resolved)
         for i, v in enumerate(values):
             row = table.get(plan.unit_key(cell, i, ident))
             if row is None:

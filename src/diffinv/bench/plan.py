@@ -69,6 +69,13 @@ class Plan:
         return digest({"kind": self.kind.name, "seed": self.seed, "identity": self.identity,
                        "cell": cell.digests}, 32)
 
+    def cell_identity(self, cell: Cell, resolved: Mapping[tuple[str, str], Mapping[str, Any]]
+                      ) -> dict[str, dict[str, Any]]:
+        """{axis: resolved identity} of ``cell`` from the run's (cell key, axis) map: what its
+        rows store and :meth:`unit_key` hashes."""
+        key = self.cell_key(cell)
+        return {a: dict(resolved.get((key, a), {})) for a, _ in cell}
+
     def unit_key(self, cell: Cell, index: int, resolved: Mapping[str, Any]) -> str:
         return digest({"kind": self.kind.name, "seed": self.seed, "identity": self.identity,
                        "cell": cell.digests, "resolved": dict(resolved), "index": int(index)}, 32)

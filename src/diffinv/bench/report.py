@@ -120,7 +120,7 @@ def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
         cand = [r for r in by_cell.get(plan.cell_key(cell), [])
                 if isinstance(r.get("index"), int) and 0 <= r["index"] < cell.target]
         if resolved is not None:
-            want = {a: dict(resolved.get((plan.cell_key(cell), a), {})) for a, _ in cell}
+            want = plan.cell_identity(cell, resolved)
             cand = [r for r in cand if _row_resolved(r) == want]
         else:
             groups = {canonical_json(_row_resolved(r)) for r in cand}

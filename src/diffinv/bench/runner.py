@@ -65,7 +65,7 @@ def reproduce_command(task_path: Path) -> str:
     return f"diffinv bench {shown.as_posix()}"
 
 
-def _read_all(plan: Plan) -> tuple[list[dict[str, Any]], int, int]:
+def read_all_rows(plan: Plan) -> tuple[list[dict[str, Any]], int, int]:
     """The run's own rows, then the rows of each run in ``plan.reuse`` that belong to one of this
     run's cells (the unit key then decides, row by row, whether it is this run's computation);
     returns (rows, number of files read, number of rows taken from other runs)."""
@@ -99,12 +99,8 @@ def _row(plan: Plan, ctx: RunContext, cell: Cell, index: int, res: UnitResult,
     if missing:
         raise DiffinvError(f"job kind {plan.kind.name!r} returned no value for metric(s) "
                            f"{missing} (cell {'/'.join(cell.labels)}, index {index})")
-    cell_json = {}
-    res_ident = {}
-    for a, e in cell:
-        ident = dict(resolved.get((plan.cell_key(cell), a), {}))
-        res_ident[a] = ident
-        cell_json[a] = {**e.describe(), "resolved": ident}
+    res_ident = plan.cell_identity(cell, resolved)
+    cell_json = {a: {**e.describe(), "resolved": res_ident[a]} for a, e in cell}
     return {
         "v": RECORD_VERSION,
         "run": plan.name,
@@ -125,7 +121,7 @@ def _row(plan: Plan, ctx: RunContext, cell: Cell, index: int, res: UnitResult,
     }
 
 
-def _resolve_all(plan: Plan, ctx: RunContext) -> dict[tuple[str, str], dict[str, Any]]:
+def resolve_all(plan: Plan, ctx: RunContext) -> dict[tuple[str, str], dict[str, Any]]:
     """(cell key, axis) -> the resolved identity of that cell's value on that axis."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for cell in plan.cells:
@@ -157,7 +153,7 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
     command = command or reproduce_command(plan.task.path)
 
     if report_only:
-        rows, n_files, n_reused = _read_all(plan)
+        rows, n_files, n_reused = read_all_rows(plan)
         if not rows:
             raise BenchRecordError(f"no rows of run {plan.name!r} in {plan.out_dir}; run "
                                    f"`{command}` first")
@@ -169,15 +165,15 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
                      options=dict(plan.options), metrics=list(plan.metrics), shard=worker)
     if plan.kind.validate is not None:
         plan.kind.validate(ctx, plan.cells)
-    resolved = _resolve_all(plan, ctx)
+    resolved = resolve_all(plan, ctx)
 
-    rows, _, _ = _read_all(plan)
+    rows, _, _ = read_all_rows(plan)
     done = {r.get("key") for r in rows}
     todo: list[tuple[Cell, list[int]]] = []
     skipped = 0
     k, m = worker
     for cell in selected:
-        ident = {a: resolved[(plan.cell_key(cell), a)] for a, _ in cell}
+        ident = plan.cell_identity(cell, resolved)
         mine = [i for i in range(cell.target) if i % m == k]
         left = [i for i in mine if plan.unit_key(cell, i, ident) not in done]
         skipped += len(mine) - len(left)
@@ -213,7 +209,7 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
                     written += 1
                 bar.update(len(indices))
 
-    rows, n_files, n_reused = _read_all(plan)
+    rows, n_files, n_reused = read_all_rows(plan)
     if not rows:
         return Outcome(plan, worker, written, skipped, None, ())
     rep = build_report(plan, rows, command=command, resolved=resolved, n_files=n_files,
