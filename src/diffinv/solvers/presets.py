@@ -20,9 +20,11 @@ at its worse level (DMPS on random inpainting: lambda 10 is best at sigma 0.05 b
   (``benchmarks/tune_nonlinear_picks.md``, from ``benchmarks/tasks/tune_nonlinear.toml``);
 * MCG: step scale 0.3 on super-resolution, 1 on random inpainting, 0.1 on box inpainting; on
   blur, zeta 1 and the projection's pseudo-inverse truncated at singular values <= 0.3 instead of
-  1e-3 (at 1e-3 the projection multiplies the noise of half the Gaussian-blur modes by 100-1000:
-  4.0 dB on Gaussian deblurring at every zeta; 13.9 / 20.3 / 21.9 dB at 0.03 / 0.1 / 0.3, still
-  below DPS's 22.6: the projection costs on noisy blur, and a truncation >= 1 would be DPS);
+  1e-3 (at 1e-3 the projection multiplies the noise of the Gaussian-blur modes with singular
+  values in (1e-3, 1e-2], 17% of the 1,024 of ``make_operator("gaussian-blur").svd((1, 1, 32,
+  32)).singulars()``, by 100-1000: 4.0 dB on Gaussian deblurring at every zeta; 13.9 / 20.3 /
+  21.9 dB at 0.03 / 0.1 / 0.3, still below DPS's 22.6: the projection costs on noisy blur, and
+  a truncation >= 1 would be DPS);
 * DDRM: 100 steps instead of 20 (best mean on 6 of 7 tasks; e.g. random inpainting 21.5 vs
   19.4 dB), ``eta = 1`` instead of 0.85 except for motion blur;
 * PiGDM: ``w = 3`` with the official weighting on blur and super-resolution, the ``"score"``
