@@ -163,17 +163,22 @@ def test_batch_equals_one_by_one(prior, truth, optimizer):
     m = measure(truth, "inpaint-random", "gaussian:0.05", seed=4)
     kw = dict(iterations=150 if optimizer == "adam" else 4, optimizer=optimizer, lr=0.05,
               early_stop="wmv", window=10, patience=20)
-    batch = make_solver("dmplug", **kw)(m.y, m.public(), prior, seed=7)
+    batch = make_solver("dmplug", **kw)(m.y, m.public(), prior, seed=7, truth=truth)
     for i in range(3):
         mi = measure(truth[i:i + 1], "inpaint-random", "gaussian:0.05", seed=4, indices=[i])
         assert torch.equal(mi.y, m.y[i:i + 1])
         one = make_solver("dmplug", **kw)(mi.y, mi.public(), prior,
-                                          seed=image_generators(7, [i]))
+                                          seed=image_generators(7, [i]), truth=truth[i:i + 1])
         assert torch.allclose(batch.x[i], one.x[0], atol=1e-5)
-        for key in ("picked_iteration", "stop_iteration"):
+        for key in ("picked_iteration", "stop_iteration", "iterations_run"):
             assert batch.trace[key][i] == one.trace[key][0]
-        n = len(one.trace["loss"])
-        assert torch.allclose(batch.trace["loss"][:n, i], one.trace["loss"][:, 0], rtol=1e-4)
+        assert torch.allclose(batch.trace["oracle_psnr"][i], one.trace["oracle_psnr"][0], atol=1e-3)
+        # an image's run ends at its stop: nothing is logged for it afterwards, however long
+        # the rest of the batch runs
+        n = int(one.trace["iterations_run"][0])
+        for key in ("loss", "psnr"):
+            assert torch.allclose(batch.trace[key][:n, i], one.trace[key][:n, 0], rtol=1e-4)
+            assert torch.isnan(batch.trace[key][n:, i]).all()
     if optimizer == "adam":
         assert (batch.trace["stop_iteration"] >= 0).any()  # ES-WMV did stop some image
 
@@ -208,9 +213,17 @@ def test_output_is_the_es_pick_and_the_truth_is_evaluation_only(prior, truth):
     # PSNR per iteration; the oracle is its maximum, reported beside the output, not as it
     assert torch.allclose(tr["psnr"][pick, torch.arange(3)],
                           psnr(with_truth.x, truth).double(), atol=1e-4)
-    assert torch.equal(tr["oracle_psnr"], tr["psnr"].max(0).values)
+    # nothing is computed for an image after its stop: its PSNR column ends there
+    ran = tr["iterations_run"]
+    assert torch.equal(ran[stopped], tr["stop_iteration"][stopped] + 1)
+    for i in range(3):
+        assert torch.isfinite(tr["psnr"][:ran[i], i]).all() and torch.isnan(tr["psnr"][ran[i]:, i]).all()
+    assert torch.equal(tr["oracle_psnr"], tr["psnr"].nan_to_num(float("-inf")).max(0).values)
     assert (tr["oracle_psnr"] >= tr["psnr"][pick, torch.arange(3)]).all()
-    assert torch.isfinite(tr["variance"][9:]).all() and torch.isnan(tr["variance"][:9]).all()
+    assert torch.isnan(tr["variance"][:9]).all()
+    for i in range(3):
+        assert torch.isfinite(tr["variance"][9:ran[i], i]).all()
+        assert torch.isnan(tr["variance"][ran[i]:, i]).all()
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
@@ -248,25 +261,29 @@ def test_candidate_rules_are_validated():
 
 
 class NaNAfter(Operator):
-    """Identity, except that image 1's measurement is NaN from the ``k``-th call on."""
+    """Identity, except that the measurement of the images with ``poison = 1`` (a per-image
+    parameter, so it follows the image when the solver runs a subset of the batch) is NaN from
+    the ``k``-th call on."""
 
     linear = False
+    param_names = ("poison",)
+    param_ndim = {**Operator.param_ndim, "poison": 0}
 
     def __init__(self, k: int):
         super().__init__()
         self.k, self.calls = k, 0
 
-    def apply(self, x):
+    def apply(self, x, poison):
         out = x.clone()
         if self.calls >= self.k:
-            out[1] = float("nan")
+            out[poison > 0] = float("nan")
         self.calls += 1
         return out
 
 
 class FakePhysics:
-    def __init__(self, op):
-        self.op, self.params = op, {}
+    def __init__(self, op, poison=(0.0, 1.0, 0.0)):
+        self.op, self.params = op, {"poison": torch.tensor(poison)}
 
     def make_operator(self):
         return self.op
@@ -279,6 +296,7 @@ def test_nan_loss_stops_with_the_last_finite_iterate(prior, truth):
         r = solver(m.y, FakePhysics(NaNAfter(25)), prior, seed=0)
     assert r.trace["nonfinite_iteration"].tolist() == [-1, 25, -1]
     assert r.trace["picked_iteration"].tolist() == [39, 24, 39]
+    assert r.trace["iterations_run"].tolist() == [40, 26, 40]  # its run ends at the failure
     assert torch.isfinite(r.x).all()
     assert torch.isnan(r.trace["loss"][25:, 1]).all() and torch.isfinite(r.trace["loss"][:, 0]).all()
     full = solver(m.y, m.public(), prior, seed=0)

@@ -90,17 +90,29 @@ def test_recovers_the_zoom_factor(lowrank):
     assert (err < 0.01).all(), err
 
 
-def test_blind_batch_equals_one_by_one(lowrank):
+@pytest.mark.parametrize("name, key", [("blind-motion-blur", "kernel"),
+                                       ("blind-rotation-blur", "theta")])
+@pytest.mark.parametrize("early_stop", ["none", "wmv"])
+def test_blind_batch_equals_one_by_one(lowrank, name, key, early_stop):
+    """Also with ES-WMV, where the batch goes on with a subset of its images (indexed unknowns)
+    after the first stops."""
     prior, x = lowrank
-    m = measure(x, make_operator("blind-motion-blur", size=5), "gaussian:0.01", seed=2)
-    s = make_solver("dmplug", iterations=30, lr=0.1)
+    op_kw = {"size": 5} if name == "blind-motion-blur" else {}
+    m = measure(x, make_operator(name, **op_kw), "gaussian:0.01", seed=2)
+    s = make_solver("dmplug", iterations=30 if early_stop == "none" else 150, lr=0.1,
+                    early_stop=early_stop, window=5, patience=8)
     batch = s(m.y, m.public(), prior, seed=5)
     for i in range(3):
-        mi = measure(x[i:i + 1], make_operator("blind-motion-blur", size=5), "gaussian:0.01",
-                     seed=2, indices=[i])
+        mi = measure(x[i:i + 1], make_operator(name, **op_kw), "gaussian:0.01", seed=2,
+                     indices=[i])
         one = s(mi.y, mi.public(), prior, seed=image_generators(5, [i]))
         assert torch.allclose(batch.x[i], one.x[0], atol=1e-5)
-        assert torch.allclose(batch.trace["kernel"][i], one.trace["kernel"][0], atol=1e-6)
+        assert torch.allclose(batch.trace[key][i], one.trace[key][0], atol=1e-5)
+        for k in ("picked_iteration", "stop_iteration", "iterations_run"):
+            assert batch.trace[k][i] == one.trace[k][0]
+    if early_stop == "wmv":  # the images stopped at different iterations, before the budget
+        stops = batch.trace["stop_iteration"]
+        assert (stops >= 0).all() and len(set(stops.tolist())) > 1, stops
 
 
 def test_blind_bad_input(lowrank):

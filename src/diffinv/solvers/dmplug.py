@@ -46,11 +46,16 @@ operator parameters are optimised jointly with ``z`` by the same Adam, in their 
   choice.
 
 **Honest output.** With ``early_stop="wmv"`` the result is the ES-WMV pick
-(:mod:`diffinv.solvers.early_stopping`) per image, and the run ends when every image has stopped
-(or at the budget); without it, the last iterate. A ground truth may be given *for evaluation
-only* (``solver(..., truth=x)``): the trace then holds the PSNR of every iterate and the best of
-them as ``"oracle_psnr"`` / ``"oracle_iteration"`` (the figure the official script reports), and
-the truth is never used to choose anything: the result is bit for bit the same without it.
+(:mod:`diffinv.solvers.early_stopping`) per image; without it, the last iterate. An image's run
+ends at its stop: from then on only the images still running go through ``R`` (a stopped image
+costs nothing more, and nothing more of it is logged), and the batch ends when every image has
+stopped (or at the budget). So every per-image column (loss, PSNR, oracle, iterations run) is
+what the image alone would give. A ground truth may be given *for evaluation only*
+(``solver(..., truth=x)``): the trace then holds the PSNR of every iterate the image's run
+computed and the best of them as ``"oracle_psnr"`` / ``"oracle_iteration"`` (the figure the
+official script reports; with early stopping, the peak up to the stop, since no later iterate is
+computed), and the truth is never used to choose anything: the result is bit for bit the same
+without it.
 
 **Non-finite values.** If an image's loss, iterate or gradient becomes NaN/Inf, that image's run
 stops there (a warning names it, ``trace["nonfinite_iteration"]``) and its output is what the method
@@ -58,9 +63,10 @@ would return had its budget ended at its last finite iterate: that iterate, or t
 early stopping is on and has made a check.
 
 Trace (``Result.trace``): ``"loss"``, ``"variance"`` (ES-WMV VAR; NaN before the window is full or
-without early stopping) and, with a truth, ``"psnr"``: (iterations, B) float64 tensors;
-``"picked_iteration"`` (the iteration the output comes from), ``"stop_iteration"`` (-1: budget
-reached), ``"nonfinite_iteration"`` (-1: none), ``"iterations_run"`` (B,) tensors;
+without early stopping) and, with a truth, ``"psnr"``: (iterations, B) float64 tensors, NaN after
+the image's run ended; ``"picked_iteration"`` (the iteration the output comes from),
+``"stop_iteration"`` (-1: budget reached), ``"nonfinite_iteration"`` (-1: none),
+``"iterations_run"`` (iterations computed for the image) (B,) tensors;
 ``"iterations"`` (budget), ``"timesteps"``, ``"backward_nfe"``; blind: the estimates at the output
 iteration, ``"kernel"`` (B, k, k), ``"theta"`` or ``"z"`` (B,).
 
@@ -149,15 +155,25 @@ class _Unknowns:
         assert self.apply is not None
         return self.apply(x, est, self.fixed)
 
-    def select(self, i: int, op: Any) -> _Unknowns:
-        """Image ``i``'s share (fresh leaves, its own fixed parameters): image-by-image solving."""
+    def _fixed_of(self, index: Tensor | slice, op: Any) -> dict[str, Tensor]:
         fixed = {}
         for k, v in self.fixed.items():
             nd = op.param_ndim.get(k)
             per_image = v.ndim >= 1 and (v.ndim == nd + 1 if nd is not None else True)
-            fixed[k] = v[i:i + 1] if per_image and v.shape[0] > 1 else v
+            fixed[k] = v[index] if per_image and v.shape[0] > 1 else v
+        return fixed
+
+    def select(self, i: int, op: Any) -> _Unknowns:
+        """Image ``i``'s share (fresh leaves, its own fixed parameters): image-by-image solving."""
         return _Unknowns({k: v[i:i + 1].detach().clone().requires_grad_() for k, v in
-                          self.leaves.items()}, self.lrs, self.transform, self.apply, fixed)
+                          self.leaves.items()}, self.lrs, self.transform, self.apply,
+                         self._fixed_of(slice(i, i + 1), op))
+
+    def subset(self, index: Tensor, op: Any) -> _Unknowns:
+        """The share of images ``index`` (1-D long tensor) with the leaves *indexed*, not copied:
+        gradients of the subset's loss reach the full leaves (zero for the other images)."""
+        return _Unknowns({k: v[index] for k, v in self.leaves.items()}, self.lrs, self.transform,
+                         self.apply, self._fixed_of(index, op))
 
 
 def _range_param(name: str, lo: float, hi: float) -> Callable[[dict[str, Tensor]], dict]:
@@ -216,6 +232,8 @@ class _Recorder:
         #: other (W, P) rules watching the same iterates; they never change the run or its output
         self.candidates = {(w, p): WMVEarlyStopping(w, p) for w, p in candidates}
         self.active = torch.ones(batch, dtype=torch.bool)  # not failed
+        #: iterations computed for each image (up to its stop, failure or the budget)
+        self.ran = torch.zeros(batch, dtype=torch.long)
         self.nonfinite_iteration = torch.full((batch,), -1, dtype=torch.long)
         self.last_iteration = torch.full((batch,), -1, dtype=torch.long)
         self.loss: list[Tensor] = []
@@ -227,28 +245,37 @@ class _Recorder:
         self.it = 0
 
     @property
+    def running(self) -> Tensor:
+        """(B,) bool: images still iterated: neither failed nor (with early stopping) stopped.
+        An image's run ends there: nothing of it is computed or logged afterwards, so its
+        columns (loss, PSNR, oracle, iterations run) do not depend on the rest of the batch."""
+        run = self.active.clone()
+        if self.es is not None and self.es.started:
+            run &= ~self.es.stopped
+        return run
+
+    @property
     def done(self) -> bool:
         """Every image has failed or (with early stopping) stopped."""
-        halted = ~self.active
-        if self.es is not None and self.es.started:
-            halted = halted | self.es.stopped
-        return bool(halted.all())
+        return not bool(self.running.any())
 
     def record(self, x: Tensor, per_loss: Tensor, grad_ok: Tensor,
                est: dict[str, Tensor]) -> None:
-        """Log iteration ``self.it`` (its iterate ``x``, loss, gradient finiteness)."""
+        """Log iteration ``self.it`` of the running images (their iterate ``x``, loss, gradient
+        finiteness; the entries of the other images are ignored)."""
         x = x.detach()
         per_loss = per_loss.detach()
         it = self.it
+        run = self.running
         x_ok = torch.isfinite(x).flatten(1).all(1).cpu()
-        ok = self.active & x_ok & torch.isfinite(per_loss).cpu()  # a finite iterate
-        failed = self.active & ~(ok & grad_ok.cpu())
+        ok = run & x_ok & torch.isfinite(per_loss).cpu()  # a finite iterate
+        failed = run & ~(ok & grad_ok.cpu())
         if failed.any():
             self.nonfinite_iteration[failed] = it
             warnings.warn(f"DMPlug: non-finite loss, iterate or gradient at iteration {it} for "
                           f"image(s) {failed.nonzero().flatten().tolist()}; their run stops with "
                           "the last finite iterate", RuntimeWarning, stacklevel=4)
-        self.loss.append(torch.where(self.active.to(per_loss.device), per_loss,
+        self.loss.append(torch.where(run.to(per_loss.device), per_loss,
                                      torch.full_like(per_loss, float("nan"))))
         if self.last_x is None:
             self.last_x = torch.full_like(x, float("nan"))
@@ -280,7 +307,8 @@ class _Recorder:
             self.psnr.append(torch.where(ok, p, torch.full_like(p, float("nan"))))
         if self.callback is not None:
             self.callback(it, x)
-        self.active = self.active & ok & grad_ok.cpu()
+        self.active = self.active & ~failed
+        self.ran += run.long()
         self.it += 1
 
     def output(self) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -321,12 +349,22 @@ class _Recorder:
                 picked = stop = torch.full((self.B,), -1, dtype=torch.long)
             cols[f"{key}_picked_iteration"] = picked
             cols[f"{key}_stop_iteration"] = stop
-            cols[f"{key}_iterations_run"] = torch.where(stop >= 0, stop + 1,
-                                                        torch.full_like(stop, self.it))
+            cols[f"{key}_iterations_run"] = torch.where(stop >= 0, stop + 1, self.ran)
             if psnr is not None:
                 src = torch.where(picked >= 0, picked, self.last_iteration)
                 cols[f"{key}_psnr"] = psnr[src.clamp(min=0), torch.arange(self.B)]
         return cols
+
+
+def _scatter(batch: int, index: Tensor, x: Tensor, per: Tensor, est: dict[str, Tensor]
+             ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The batch-sized (x, per-image loss, estimates) of a subset's objective: NaN for the images
+    outside ``index`` (the recorder ignores them; the loss keeps its graph for the gradient)."""
+    def full(v: Tensor) -> Tensor:
+        out = torch.full((batch, *v.shape[1:]), float("nan"), dtype=v.dtype, device=v.device)
+        return out.index_copy(0, index, v)
+
+    return full(x.detach()), full(per), {k: full(v.detach()) for k, v in est.items()}
 
 
 def _stop_iterations(rec: _Recorder) -> Tensor:
@@ -535,8 +573,14 @@ class DMPlug(Solver):
         from tqdm.auto import tqdm
 
         for _ in tqdm(range(self.iterations), disable=not self.progress, desc="dmplug"):
-            x, per, est = self._objective(y, prior, z, unknowns)
-            use = rec.active & torch.isfinite(per.detach()).cpu()
+            run = rec.running
+            if bool(run.all()):
+                x, per, est = self._objective(y, prior, z, unknowns)
+            else:  # only the running images go through R: stopped ones cost nothing more
+                idx = run.nonzero().flatten().to(y.device)
+                x, per, est = _scatter(B, idx, *self._objective(y[idx], prior, z[idx],
+                                                                unknowns.subset(idx, op)))
+            use = run & torch.isfinite(per.detach()).cpu()
             grads, grad_ok = self._grads(per, leaves, use)
             n_grad += 1
             rec.record(x, per, grad_ok | ~use, est)
@@ -550,8 +594,7 @@ class DMPlug(Solver):
         trace.update(rec.candidate_columns())
         trace.update(picked_iteration=src, stop_iteration=_stop_iterations(rec),
                      nonfinite_iteration=rec.nonfinite_iteration.clone(),
-                     iterations_run=torch.full((B,), rec.it, dtype=torch.long),
-                     backward_nfe=n_grad * self.steps, **est)
+                     iterations_run=rec.ran.clone(), backward_nfe=n_grad * self.steps, **est)
         return x, trace
 
     def _solve_lbfgs(self, y, op, prior, z0, unknowns, truth, callback):
@@ -573,7 +616,7 @@ class DMPlug(Solver):
                     z.grad = torch.zeros_like(z)
                     return torch.zeros(())
                 x, per, est = self._objective(yi, prior, z, mine)
-                use = rec.active & torch.isfinite(per.detach()).cpu()
+                use = rec.running & torch.isfinite(per.detach()).cpu()
                 (g,), grad_ok = self._grads(per, [z], use)
                 counter[0] += 1
                 rec.record(x, per, grad_ok | ~use, est)
@@ -592,7 +635,7 @@ class DMPlug(Solver):
             t.update(rec.candidate_columns())
             t.update(picked_iteration=src, stop_iteration=_stop_iterations(rec),
                      nonfinite_iteration=rec.nonfinite_iteration.clone(),
-                     iterations_run=torch.tensor([rec.it]))
+                     iterations_run=rec.ran.clone())
             traces.append(t)
         n = max(len(t["loss"]) for t in traces)
         trace: dict[str, Any] = {}

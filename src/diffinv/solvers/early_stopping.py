@@ -23,9 +23,10 @@ back to the iterate the caller gives, normally the last one).
 
 **Batches.** Every image has its own window, minimum, counter and stop: VAR is computed per image,
 so an image's pick and stop do not depend on the rest of the batch. A batched solver keeps
-iterating until every image has stopped; the iterates of an image after its stop are still pushed
-(so that its VAR curve can be plotted) but its pick is frozen. Images can also be left out of an
-update (``active=False``, e.g. after a non-finite loss): their state is untouched.
+iterating until every image has stopped; iterates of an image pushed after its stop leave its
+pick frozen (DMPlug stops computing a stopped image and leaves it out instead). Images can be
+left out of an update (``active=False``, e.g. after a non-finite loss or their stop): their
+state is untouched.
 
 Defaults: the reference's DIP settings ``W = 100``, ``P = 1000`` (methods.md 4.4). The values
 DMPlug used are not verified; :data:`DEFAULT_WINDOW` and :data:`DEFAULT_PATIENCE` are provisional
