@@ -25,6 +25,13 @@ def test_budget_is_the_rounded_up_quantile_of_the_peaks():
     assert pick_wmv.budget(data, 0.75, 500) == 1500  # 3rd of 4 peaks: 1200 -> 1,201 iterations
     assert pick_wmv.budget(data, 1.0, 500) == 4500
     assert pick_wmv.budget(data, 0.25, 500) == 500
+    # each problem also gets the budget of its own peaks (the 0.75 nearest rank of {100, 900} is
+    # 900: 1000; of {1200, 4000}: 4000 -> 4500)
+    two = pick_wmv.cases([row("sr" if i < 2 else "deblur", i, peak, {(25, 100): (20.0, 50)})
+                          for i, peak in enumerate([100, 900, 1200, 4000])])
+    text = pick_wmv.render(two, [Path("x.jsonl")], 0.75, 500)
+    assert "| sr | 2 | 30.00 | 25.00 | 100 | 900 | 900 | 1000 |" in text
+    assert "| deblur | 2 | 30.00 | 25.00 | 1200 | 4000 | 4000 | 4500 |" in text
 
 
 def test_the_cheapest_rule_not_distinguishable_from_the_best_is_chosen():
