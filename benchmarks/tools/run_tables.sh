@@ -4,9 +4,9 @@
 #   bash benchmarks/tools/run_tables.sh I N [DIFFINV]      # e.g. 0 2 and 1 2 on a 2-core CPU
 #
 # Each step is `diffinv bench TASK --shard I/N`: it skips every unit that already has a row, so
-# rerunning the script after a kill loses at most the batch in flight. Start one process per core
-# with OMP_NUM_THREADS=1 (on a CPU that is the fastest use of the cores: 2 jobs x 1 thread beat
-# 1 job x 2 threads here); on a GPU run one shard per device. The order: the DMPlug convergence
+# rerunning the script after a kill loses at most the batch in flight. On a CPU start one process
+# per core with OMP_NUM_THREADS=1 (as the tables here were run: 2 cores, shards 0/2 and 1/2); on a
+# GPU run one shard per device. The order: the DMPlug convergence
 # study first (it fixes the budget and (W, P) of the DMPlug tables: run benchmarks/tools/pick_wmv.py
 # and set them before going on), then the linear table's slow methods, mnist32, the DMPlug tables.
 set -euo pipefail
