@@ -46,7 +46,7 @@ def test_oracle_column_is_the_best_iterate_and_the_result_ignores_the_truth(
         f"methods = [{', '.join(value(m) for m in methods)}]",
         'tasks = [{name = "sr4", operator = "sr-avgpool", noise = "gaussian:0.01"}]',
         f'priors = [{{name = "toy", path = {json.dumps(str(tiny_prior))}}}]',
-        'metrics = ["psnr", "oracle", "trace:iterations_run"]',
+        'metrics = ["psnr", "oracle", "trace:iterations_run", "trace:psnr@1", "trace:psnr@99999"]',
         "[run]", 'name = "t"', 'dataset = "fashion32:valid"', "n_images = 2", "batch_size = 2",
     ]) + "\n")
     run_benchmark(tmp_path / "t.toml", progress=False)
@@ -74,6 +74,9 @@ def test_oracle_column_is_the_best_iterate_and_the_result_ignores_the_truth(
         assert dm["oracle"] >= dm["psnr"] - 1e-3
         assert dm["oracle"] == pytest.approx(float(with_truth.trace["psnr"][:, i].max()))
         assert dm["trace:iterations_run"] == float(without.trace["iterations_run"][i])
+        # KEY@I: row I of a per-iteration log; NaN past the end of the run
+        assert dm["trace:psnr@1"] == pytest.approx(float(with_truth.trace["psnr"][1, i]), abs=1e-9)
+        assert math.isnan(dm["trace:psnr@99999"]) and math.isnan(dps["trace:psnr@1"])
         assert math.isnan(dps["oracle"]) and math.isnan(dps["trace:iterations_run"])
         assert not math.isnan(dps["psnr"])
 
@@ -89,6 +92,20 @@ def test_the_truth_goes_to_the_solver_only_for_columns_that_need_it():
         assert _evaluation_kwargs(dps, metrics, x) == {}
     for metrics in (["psnr", "ssim"], ["trace:iterations_run", "trace:wmv_50_100_iterations_run"]):
         assert _evaluation_kwargs(dmplug, metrics, x) == {}
+
+
+def test_a_row_of_a_per_iteration_log_needs_one():
+    from diffinv.bench.errors import BenchConfigError
+    from diffinv.bench.kinds.restore import _from_trace
+    from diffinv.errors import DiffinvError
+
+    trace = {"psnr": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "iterations_run": torch.tensor([2, 2])}
+    assert _from_trace(trace, "psnr@1", 2) == [3.0, 4.0]
+    assert all(math.isnan(v) for v in _from_trace(trace, "psnr@2", 2))
+    with pytest.raises(BenchConfigError, match="iteration number"):
+        _from_trace(trace, "psnr@last", 2)
+    with pytest.raises(DiffinvError, match="per-iteration log"):
+        _from_trace(trace, "iterations_run@0", 2)
 
 
 def test_a_prior_entry_may_set_the_precision():

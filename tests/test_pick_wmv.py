@@ -17,7 +17,8 @@ def row(task: str, index: int, peak: int, rules: dict[tuple[int, int], tuple[flo
     for (w, p), (psnr, stop) in rules.items():
         metrics[f"trace:wmv_{w}_{p}_psnr"] = psnr
         metrics[f"trace:wmv_{w}_{p}_iterations_run"] = float(stop)
-    return {"cell": {"task": {"label": task}}, "index": index, "metrics": metrics}
+    return {"cell": {"task": {"label": task}, "method": {"params": {"iterations": 5000}}},
+            "index": index, "metrics": metrics}
 
 
 def test_budget_is_the_rounded_up_quantile_of_the_peaks():
@@ -54,3 +55,35 @@ def test_only_rules_recorded_in_every_case_compete():
     rows = [row("sr", 0, 10, {(25, 100): (20, 50), (50, 100): (21, 60)}),
             row("sr", 1, 10, {(25, 100): (20, 50)})]
     assert pick_wmv.rules(pick_wmv.cases(rows)) == [(25, 100)]
+
+
+def test_the_budget_is_the_first_checkpoint_converged_on_the_quantile():
+    # last iterate 25 dB everywhere; case i's iterate 999 lags by 0.5, 0.05, 0.0, 0.02 dB and
+    # iterate 499 by more: within 0.1 dB at 999 on 3 of 4 cases, at 1999 on all
+    lags = {499: [2.0, 1.0, 0.5, 0.3], 999: [0.5, 0.05, 0.0, 0.02], 1999: [0.05, 0.0, -0.1, 0.0]}
+    rows = []
+    for i in range(4):
+        r = row("sr", i, 4999, {(25, 100): (20.0, 50)})  # the peaks say 5000
+        r["metrics"].update({f"trace:psnr@{it}": 25.0 - lag[i] for it, lag in lags.items()})
+        rows.append(r)
+    rows.append(row("old", 0, 4999, {(25, 100): (20.0, 50)}))  # no checkpoints: left out of it
+    data = pick_wmv.cases(rows)
+    assert pick_wmv.checkpoints(data) == ([499, 999, 1999], [("sr", 0), ("sr", 1), ("sr", 2), ("sr", 3)])
+    assert pick_wmv.converged_share(data, pick_wmv.checkpoints(data)[1], 999, 0.1)[0] == 0.75
+    assert pick_wmv.converged_budget(data, 0.75, 0.1) == 1000
+    assert pick_wmv.converged_budget(data, 0.9, 0.1) == 2000
+    assert pick_wmv.converged_budget(data, 0.9, 0.01) is None  # 0.02 and 0.05 lags remain
+    text = pick_wmv.render(data, [Path("x.jsonl")], 0.9, 500)
+    assert "**Budget: 2000 iterations** (the first checkpoint" in text and ": 5000)." in text
+    assert "(4 of 5 cases have the checkpoint columns)" in text and "| 999 | 75% | +0.14 |" in text
+    strict = pick_wmv.render(data, [Path("x")], 0.9, 500, 0.01)
+    assert "**Budget: 5000 iterations** (the 90% quantile" in strict
+
+
+def test_a_rule_that_ran_the_whole_run_did_not_stop():
+    # budget 5000 = the run's length: iterations_run 5000 means "never stopped", not "within"
+    rows = [row("sr", i, 4999, {(25, 100): (20.0, 5000), (50, 100): (20.0, 300)}) for i in range(3)]
+    text = pick_wmv.render(pick_wmv.cases(rows), [Path("x.jsonl")], 0.9, 500)
+    assert "**Budget: 5000 iterations**" in text
+    assert "| (25, 100) | 20.00 | +0.00 [+0.00, +0.00] | 10.00 | 0% | 5000 |" in text
+    assert "| (50, 100) **chosen** | 20.00 | +0.00 [+0.00, +0.00] | 10.00 | 100% | 300 |" in text

@@ -10,10 +10,15 @@ and problem, with no stopping, whose trace holds where the PSNR peaked
 (``trace:oracle_iteration``) and, for each candidate rule (W, P), the PSNR of the iterate that
 ES-WMV would have returned and the iteration at which it would have stopped.
 
-* **Budget** B: the smallest multiple of ``--round`` (500) iterations at or above the
-  ``--quantile`` (0.9, nearest rank) of the peak iterations over every (problem, image): a run of
-  B iterations reaches the peak on that share of the cases. The peak needs the truth; it is used
-  here, on validation images only, to size the budget, never to pick a test result.
+* **Budget** B: where the PSNR has converged. With the ``trace:psnr@I`` columns (the PSNR of
+  iterate I of the long run), B = I + 1 for the first checkpoint I at which the iterate is within
+  ``--tolerance`` (0.1 dB) of the last iterate's PSNR, or above it, on at least ``--quantile``
+  (0.9) of the cases that have the columns: running on past B changes the iterate by less than the
+  tolerance there. Beside it, the peak budget: the smallest multiple of ``--round`` (500)
+  iterations at or above the ``--quantile`` (nearest rank) of the peak iterations; where the PSNR
+  curve ends in a plateau the peak's position is arbitrary within it, so this one only decides
+  when no checkpoint columns were recorded. Both need the truth; they are used here, on
+  validation images only, to size the budget, never to pick a test result.
 * **Rule**: the candidate with the best mean PSNR of its pick over every (problem, image); among
   the candidates whose paired difference to it has a 95% interval containing 0 (not
   distinguishable on these images), the one that runs the fewest iterations (mean of
@@ -36,9 +41,17 @@ from diffinv.bench.stats import mean_interval
 RULE = re.compile(r"^trace:wmv_(\d+)_(\d+)_psnr$")
 
 
+RUN_LENGTH = "run:iterations"
+
+
 def cases(rows: list[dict]) -> dict[tuple[str, int], dict[str, float]]:
-    """{(problem label, image index): metrics}; a later row of the same case replaces an earlier."""
-    return {(r["cell"]["task"]["label"], int(r["index"])): r["metrics"] for r in rows}
+    """{(problem label, image index): metrics, plus the long run's length under "run:iterations"
+    (inf if the row does not say)}; a later row of the same case replaces an earlier."""
+    def length(r: dict) -> float:
+        return float(r["cell"].get("method", {}).get("params", {}).get("iterations", math.inf))
+
+    return {(r["cell"]["task"]["label"], int(r["index"])): {**r["metrics"], RUN_LENGTH: length(r)}
+            for r in rows}
 
 
 def rules(data: dict[tuple[str, int], dict[str, float]]) -> list[tuple[int, int]]:
@@ -57,6 +70,36 @@ def budget(data: dict[tuple[str, int], dict[str, float]], quantile: float, step:
     return max(step, step * math.ceil((nearest_rank(peaks, quantile) + 1) / step))
 
 
+CHECKPOINT = re.compile(r"^trace:psnr@(\d+)$")
+
+
+def checkpoints(data: dict[tuple[str, int], dict[str, float]]) -> tuple[list[int], list[tuple[str, int]]]:
+    """(the iterations I with a finite ``trace:psnr@I`` in every case that has any, those cases)."""
+    have = {k: {int(m[1]) for c, v in met.items() if (m := CHECKPOINT.match(c)) and math.isfinite(v)}
+            for k, met in data.items()}
+    have = {k: s for k, s in have.items() if s}
+    its = sorted(set.intersection(*have.values())) if have else []
+    return its, sorted(have)
+
+
+def converged_share(data: dict[tuple[str, int], dict[str, float]], cases_: list[tuple[str, int]],
+                    iteration: int, tolerance: float) -> tuple[float, float]:
+    """(share of the cases whose iterate ``iteration`` is within ``tolerance`` dB of the last
+    iterate's PSNR or above it, mean of last - psnr@iteration)."""
+    gaps = [data[k]["psnr"] - data[k][f"trace:psnr@{iteration}"] for k in cases_]
+    return sum(g <= tolerance for g in gaps) / len(gaps), math.fsum(gaps) / len(gaps)
+
+
+def converged_budget(data: dict[tuple[str, int], dict[str, float]], quantile: float,
+                     tolerance: float) -> int | None:
+    """I + 1 for the first checkpoint I converged on ``quantile`` of the cases (None: none)."""
+    its, cases_ = checkpoints(data)
+    for it in its:
+        if converged_share(data, cases_, it, tolerance)[0] >= quantile:
+            return it + 1
+    return None
+
+
 def summarize(data: dict[tuple[str, int], dict[str, float]], b: int) -> list[dict]:
     """Per rule: mean pick PSNR, stop share within b, mean iterations run (capped at b)."""
     keys = sorted(data)
@@ -64,9 +107,11 @@ def summarize(data: dict[tuple[str, int], dict[str, float]], b: int) -> list[dic
     for w, p in rules(data):
         picks = [data[k][f"trace:wmv_{w}_{p}_psnr"] for k in keys]
         stops = [data[k][f"trace:wmv_{w}_{p}_iterations_run"] for k in keys]
+        # a rule that never stopped ran the whole long run
+        stopped = [s < data[k][RUN_LENGTH] and s <= b for k, s in zip(keys, stops, strict=True)]
         to_peak = [data[k]["oracle"] - x for k, x in zip(keys, picks, strict=True)]
         out.append({"rule": (w, p), "picks": picks, "psnr": mean_interval(picks),
-                    "within": sum(s <= b for s in stops) / len(stops),
+                    "within": sum(stopped) / len(stops),
                     "iterations": math.fsum(min(s, b) for s in stops) / len(stops),
                     "gap_oracle": mean_interval(to_peak)})
     return out
@@ -82,9 +127,11 @@ def choose(summary: list[dict]) -> tuple[dict, dict[tuple[int, int], object]]:
 
 
 def render(data: dict[tuple[str, int], dict[str, float]], sources: list[Path], quantile: float,
-           step: int) -> str:
+           step: int, tolerance: float = 0.1) -> str:
     names = " ".join(str(p) for p in sources)
-    b = budget(data, quantile, step)
+    peak_b = budget(data, quantile, step)
+    conv_b = converged_budget(data, quantile, tolerance)
+    b = peak_b if conv_b is None else conv_b
     summary = summarize(data, b)
     chosen, diffs = choose(summary)
     per_task: dict[str, list[dict[str, float]]] = defaultdict(list)
@@ -105,8 +152,25 @@ def render(data: dict[tuple[str, int], dict[str, float]], sources: list[Path], q
         lines.append(f"| {task} | {len(ms)} | {peak_psnr:.2f} | {last_psnr:.2f} | "
                      f"{nearest_rank(peaks, 0.5):.0f} | {nearest_rank(peaks, 0.9):.0f} | {max(peaks):.0f} "
                      f"| {own} |")
-    lines += ["", f"**Budget: {b} iterations** (the {quantile:.0%} quantile of the peak iterations over "
-              f"{len(data)} cases, rounded up to a multiple of {step}).", "",
+    its, conv_cases = checkpoints(data)
+    if its:
+        lines += ["", f"Convergence ({len(conv_cases)} of {len(data)} cases have the checkpoint columns): "
+                  f"the share whose iterate I is within {tolerance:g} dB of the last iterate's PSNR "
+                  "(or above it), and the mean PSNR the last iterate adds.", "",
+                  "| iterate I | within the tolerance | last minus iterate I (dB, mean) |",
+                  "|--:|--:|--:|"]
+        for it in its:
+            share, gap = converged_share(data, conv_cases, it, tolerance)
+            lines.append(f"| {it} | {share:.0%} | {gap:+.2f} |")
+    peak_text = (f"the {quantile:.0%} quantile of the peak iterations over {len(data)} cases, rounded "
+                 f"up to a multiple of {step}")
+    if conv_b is None:
+        lines += ["", f"**Budget: {b} iterations** ({peak_text}; no checkpoint reached the tolerance "
+                  "on that share, or none was recorded)."]
+    else:
+        lines += ["", f"**Budget: {b} iterations** (the first checkpoint within {tolerance:g} dB of the "
+                  f"last iterate on {quantile:.0%} of the cases; {peak_text}: {peak_b})."]
+    lines += ["",
               "| rule (W, P) | pick PSNR | best minus this (paired) | peak minus pick "
               "| stops within the budget | iterations run (mean, capped) |",
               "|---|--:|--:|--:|--:|--:|"]
@@ -127,11 +191,12 @@ def main() -> None:
     ap.add_argument("-o", "--output", type=Path, default=None)
     ap.add_argument("--quantile", type=float, default=0.9)
     ap.add_argument("--round", type=int, default=500, dest="step")
+    ap.add_argument("--tolerance", type=float, default=0.1, help="dB (default 0.1)")
     args = ap.parse_args()
     data = cases([r for path in args.jsonl for r in read_records(path)[0]])
     if not data:
         raise SystemExit(f"no rows in {' '.join(map(str, args.jsonl))}")
-    text = render(data, args.jsonl, args.quantile, args.step)
+    text = render(data, args.jsonl, args.quantile, args.step, args.tolerance)
     if args.output:
         args.output.write_text(text)
     print(text)

@@ -26,7 +26,9 @@ Two kinds of metric names read the solver's trace instead of scoring ``x_hat``:
 
 * ``"trace:KEY"``: ``result.trace[KEY]``, one value per image (a (B,) tensor or list, or a number
   shared by the batch), e.g. ``"trace:iterations_run"`` or ``"trace:picked_iteration"`` of an
-  early-stopped DMPlug run;
+  early-stopped DMPlug run; ``"trace:KEY@I"`` reads row ``I`` (0-based iteration) of a
+  per-iteration (iterations, B) log, e.g. ``"trace:psnr@999"``, the PSNR of DMPlug's iterate 999
+  (NaN where the image's run had ended before it);
 * ``"oracle"``: ``result.trace["oracle_psnr"]``, the best PSNR over an iterative solver's iterates
   (the figure the official DMPlug code reports), *never the method's result*. Only for this
   column, a solver whose call takes a ``truth`` keyword (DMPlug) receives ``truth=x``, which it
@@ -221,11 +223,20 @@ def _from_trace(trace: dict[str, Any], key: str, n: int) -> list[float]:
     """Per-image values of ``trace[key]`` (NaN if absent)."""
     import torch
 
-    if key not in trace:
+    name, at, row = key.partition("@")
+    if name not in trace:
         return [float("nan")] * n
-    v = trace[key]
+    v = trace[name]
     t = torch.as_tensor(v.detach().cpu() if isinstance(v, torch.Tensor) else v,
-                        dtype=torch.float64).reshape(-1)
+                        dtype=torch.float64)
+    if at:
+        if not row.isdigit():
+            raise BenchConfigError(f"trace:{key}: the row after '@' must be an iteration number")
+        if t.ndim != 2 or t.shape[1] != n:
+            raise DiffinvError(f"trace[{name!r}] is not a per-iteration log of a batch of {n} "
+                               f"(shape {tuple(t.shape)}): '@{row}' needs one")
+        return [float(a) for a in t[int(row)]] if int(row) < len(t) else [float("nan")] * n
+    t = t.reshape(-1)
     if t.numel() == 1:
         return [float(t)] * n
     if t.numel() != n:
