@@ -248,6 +248,15 @@ def test_candidate_rules_report_what_their_own_runs_would(prior, truth, optimize
                            own.trace["stop_iteration"][stopped] + 1)
         assert torch.allclose(sweep.trace[f"{key}_psnr"], psnr(own.x, truth).double(), atol=1e-4)
         stops += int(stopped.sum())
+        # row t of _pick_psnr: what the rule returns under a budget of t + 1 iterations
+        at = sweep.trace[f"{key}_pick_psnr"]
+        last = sweep.trace["iterations_run"] - 1  # each image's last row
+        assert torch.allclose(at[last, torch.arange(3)], sweep.trace[f"{key}_psnr"])
+        if optimizer == "adam":  # (an L-BFGS trace row is an evaluation, not an outer step)
+            budget = kw["iterations"] // 2
+            short = make_solver("dmplug", **{**kw, "iterations": budget}, early_stop="wmv",
+                                window=w, patience=p)(m.y, m.public(), prior, seed=0, truth=truth)
+            assert torch.allclose(at[budget - 1], psnr(short.x, truth).double(), atol=1e-4)
     assert stops >= 3  # some rules stopped early, some ran out of budget
 
 

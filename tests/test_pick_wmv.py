@@ -87,3 +87,21 @@ def test_a_rule_that_ran_the_whole_run_did_not_stop():
     assert "**Budget: 5000 iterations**" in text
     assert "| (25, 100) | 20.00 | +0.00 [+0.00, +0.00] | 10.00 | 0% | 5000 |" in text
     assert "| (50, 100) **chosen** | 20.00 | +0.00 [+0.00, +0.00] | 10.00 | 100% | 300 |" in text
+
+
+def test_rules_are_judged_under_the_budget_where_that_is_known_exactly():
+    rules_ = {(25, 100): (20.0, 300), (50, 300): (22.0, 5000)}  # (50, 300) never stopped
+    a = row("sr", 0, 1500, rules_)
+    a["metrics"].update({"trace:wmv_25_100_pick_psnr@1999": 20.0,
+                         "trace:wmv_50_300_pick_psnr@1999": 19.0})  # under 2000: worse
+    b = row("sr", 1, 1500, rules_)  # no columns: (50, 300)'s pick under 2000 is unknown
+    data = pick_wmv.cases([a, b])
+    assert pick_wmv.pick_under_budget(data[("sr", 1)], 25, 100, 2000) == 20.0  # stopped: exact
+    assert pick_wmv.pick_under_budget(data[("sr", 1)], 50, 300, 2000) is None
+    assert pick_wmv.judged_cases(data, 2000) == [("sr", 0)]
+    summary = pick_wmv.summarize(data, 2000)
+    assert [(s["rule"], s["psnr"].center, s["cases"]) for s in summary] == \
+        [((25, 100), 20.0, 1), ((50, 300), 19.0, 1)]
+    # without exact values anywhere, the long run's picks (22 dB for (50, 300)) are shown
+    full = pick_wmv.summarize(pick_wmv.cases([b]), 2000)
+    assert not full[0]["under_budget"] and full[1]["psnr"].center == 22.0

@@ -19,12 +19,13 @@ ES-WMV would have returned and the iteration at which it would have stopped.
   curve ends in a plateau the peak's position is arbitrary within it, so this one only decides
   when no checkpoint columns were recorded. Both need the truth; they are used here, on
   validation images only, to size the budget, never to pick a test result.
-* **Rule**: the candidate with the best mean PSNR of its pick over every (problem, image); among
+* **Rule**, judged under the budget B: what a rule returns with B iterations is known exactly from
+  its ``trace:wmv_W_P_pick_psnr@{B-1}`` column, or from its long-run pick when it stopped within B;
+  the rules are compared on the cases where this holds for all of them (where no case does, on
+  their long-run picks, as the table says). The candidate with the best mean PSNR; among
   the candidates whose paired difference to it has a 95% interval containing 0 (not
   distinguishable on these images), the one that runs the fewest iterations (mean of
-  min(stop, B)). A rule that has not stopped by B returns its minimum-variance iterate up to B;
-  the table gives the share of cases where it stopped within B (then its pick is exactly the one
-  measured here).
+  min(stop, B)). The table also gives the share of cases where each rule stopped within B.
 """
 
 from __future__ import annotations
@@ -100,12 +101,36 @@ def converged_budget(data: dict[tuple[str, int], dict[str, float]], quantile: fl
     return None
 
 
+def pick_under_budget(metrics: dict[str, float], w: int, p: int, b: int) -> float | None:
+    """The PSNR of what rule (W, P) returns under a budget of ``b`` iterations, when the row
+    tells it exactly: its ``pick_psnr@{b-1}`` column, or its pick in the long run if it stopped
+    within ``b``; None otherwise."""
+    at = metrics.get(f"trace:wmv_{w}_{p}_pick_psnr@{b - 1}")
+    if at is not None and math.isfinite(at):
+        return at
+    ran = metrics[f"trace:wmv_{w}_{p}_iterations_run"]
+    if ran < metrics[RUN_LENGTH] and ran <= b:
+        return metrics[f"trace:wmv_{w}_{p}_psnr"]
+    return None
+
+
+def judged_cases(data: dict[tuple[str, int], dict[str, float]], b: int) -> list[tuple[str, int]]:
+    """The cases where every rule's pick under budget ``b`` is known exactly."""
+    return [k for k in sorted(data)
+            if all(pick_under_budget(data[k], w, p, b) is not None for w, p in rules(data))]
+
+
 def summarize(data: dict[tuple[str, int], dict[str, float]], b: int) -> list[dict]:
-    """Per rule: mean pick PSNR, stop share within b, mean iterations run (capped at b)."""
-    keys = sorted(data)
+    """Per rule: mean PSNR of its pick under budget b (over :func:`judged_cases`; over every case
+    with the long run's picks when none is judged), stop share within b, mean iterations run
+    (capped at b), all over the same cases."""
+    keys = judged_cases(data, b)
+    under = bool(keys)
+    keys = keys or sorted(data)
     out = []
     for w, p in rules(data):
-        picks = [data[k][f"trace:wmv_{w}_{p}_psnr"] for k in keys]
+        picks = [pick_under_budget(data[k], w, p, b) if under else data[k][f"trace:wmv_{w}_{p}_psnr"]
+                 for k in keys]
         stops = [data[k][f"trace:wmv_{w}_{p}_iterations_run"] for k in keys]
         # a rule that never stopped ran the whole long run
         stopped = [s < data[k][RUN_LENGTH] and s <= b for k, s in zip(keys, stops, strict=True)]
@@ -113,7 +138,7 @@ def summarize(data: dict[tuple[str, int], dict[str, float]], b: int) -> list[dic
         out.append({"rule": (w, p), "picks": picks, "psnr": mean_interval(picks),
                     "within": sum(stopped) / len(stops),
                     "iterations": math.fsum(min(s, b) for s in stops) / len(stops),
-                    "gap_oracle": mean_interval(to_peak)})
+                    "gap_oracle": mean_interval(to_peak), "cases": len(keys), "under_budget": under})
     return out
 
 
@@ -170,7 +195,14 @@ def render(data: dict[tuple[str, int], dict[str, float]], sources: list[Path], q
     else:
         lines += ["", f"**Budget: {b} iterations** (the first checkpoint within {tolerance:g} dB of the "
                   f"last iterate on {quantile:.0%} of the cases; {peak_text}: {peak_b})."]
-    lines += ["",
+    first = summary[0] if summary else {"cases": 0, "under_budget": False}
+    judged = (f"Each rule under the budget of {b} iterations, on the {first['cases']} of {len(data)} cases "
+              "where what it returns under that budget is known exactly (its pick_psnr column at "
+              "the budget, or a stop within it):" if first["under_budget"] else
+              f"No case tells every rule's pick under {b} iterations: the rules' picks in the whole "
+              f"long run, over all {len(data)} cases (a rule that had not stopped by {b} would "
+              "return another iterate):")
+    lines += ["", judged, "",
               "| rule (W, P) | pick PSNR | best minus this (paired) | peak minus pick "
               "| stops within the budget | iterations run (mean, capped) |",
               "|---|--:|--:|--:|--:|--:|"]

@@ -231,6 +231,8 @@ class _Recorder:
         self.B, self.es, self.truth, self.callback = batch, es, truth, callback
         #: other (W, P) rules watching the same iterates; they never change the run or its output
         self.candidates = {(w, p): WMVEarlyStopping(w, p) for w, p in candidates}
+        #: per rule, the iteration each image's output would come from, had the run ended here
+        self.candidate_picks: dict[tuple[int, int], list[Tensor]] = {r: [] for r in self.candidates}
         self.active = torch.ones(batch, dtype=torch.bool)  # not failed
         #: iterations computed for each image (up to its stop, failure or the budget)
         self.ran = torch.zeros(batch, dtype=torch.long)
@@ -298,8 +300,10 @@ class _Recorder:
                                                v, old)
         else:
             self.var.append(torch.full((self.B,), float("nan"), dtype=torch.float64))
-        for rule in self.candidates.values():
+        for key, rule in self.candidates.items():
             rule.update(torch.where(m, x, torch.zeros_like(x)), it, active=ok)
+            pick = torch.where(rule.best_iteration >= 0, rule.best_iteration, self.last_iteration)
+            self.candidate_picks[key].append(torch.where(run, pick, torch.full_like(pick, -1)))
         if self.truth is not None:
             from diffinv.metrics.psnr import psnr
 
@@ -338,7 +342,10 @@ class _Recorder:
         """Per candidate rule (W, P): ``wmv_W_P_picked_iteration`` (-1: no check yet),
         ``wmv_W_P_stop_iteration`` (-1: not stopped within the run), ``wmv_W_P_iterations_run``
         (what the rule alone would have cost) and, with a truth, ``wmv_W_P_psnr`` (the PSNR of
-        its pick; of the last finite iterate when it made no check)."""
+        its pick; of the last finite iterate when it made no check) and ``wmv_W_P_pick_psnr``,
+        (iterations, B): row ``t`` is the PSNR of what the rule would return had the budget been
+        ``t + 1`` iterations (NaN after the image's run ended), so a study reads the rule under
+        any smaller budget off one run (``"trace:wmv_W_P_pick_psnr@1999"``)."""
         cols: dict[str, Tensor] = {}
         psnr = stack_columns(self.psnr, self.B) if self.truth is not None else None
         for (w, p), rule in self.candidates.items():
@@ -353,6 +360,10 @@ class _Recorder:
             if psnr is not None:
                 src = torch.where(picked >= 0, picked, self.last_iteration)
                 cols[f"{key}_psnr"] = psnr[src.clamp(min=0), torch.arange(self.B)]
+                at = stack_columns(self.candidate_picks[(w, p)], self.B).long() \
+                    if self.candidate_picks[(w, p)] else torch.zeros((0, self.B), dtype=torch.long)
+                got = psnr.gather(0, at.clamp(min=0)) if len(at) else psnr[:0]
+                cols[f"{key}_pick_psnr"] = torch.where(at >= 0, got, torch.full_like(got, float("nan")))
         return cols
 
 
