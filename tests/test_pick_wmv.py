@@ -31,8 +31,8 @@ def test_budget_is_the_rounded_up_quantile_of_the_peaks():
     two = pick_wmv.cases([row("sr" if i < 2 else "deblur", i, peak, {(25, 100): (20.0, 50)})
                           for i, peak in enumerate([100, 900, 1200, 4000])])
     text = pick_wmv.render(two, [Path("x.jsonl")], 0.75, 500)
-    assert "| sr | 2 | 30.00 | 25.00 | 100 | 900 | 900 | 1000 |" in text
-    assert "| deblur | 2 | 30.00 | 25.00 | 1200 | 4000 | 4000 | 4500 |" in text
+    assert "| sr | 2 | 30.00 | 25.00 | 100 | 900 | 900 | 1000 | - |" in text  # no checkpoints
+    assert "| deblur | 2 | 30.00 | 25.00 | 1200 | 4000 | 4000 | 4500 | - |" in text
 
 
 def test_the_cheapest_rule_not_distinguishable_from_the_best_is_chosen():
@@ -76,6 +76,8 @@ def test_the_budget_is_the_first_checkpoint_converged_on_the_quantile():
     text = pick_wmv.render(data, [Path("x.jsonl")], 0.9, 500)
     assert "**Budget: 2000 iterations** (the first checkpoint" in text and ": 5000)." in text
     assert "(4 of 5 cases have the checkpoint columns)" in text and "| 999 | 75% | +0.14 |" in text
+    assert "| sr | 4 | 30.00 | 25.00 | 4999 | 4999 | 4999 | 5000 | 2000 |" in text  # per problem
+    assert "| old | 1 | 30.00 | 25.00 | 4999 | 4999 | 4999 | 5000 | - |" in text
     strict = pick_wmv.render(data, [Path("x")], 0.9, 500, 0.01)
     assert "**Budget: 5000 iterations** (the 90% quantile" in strict
 

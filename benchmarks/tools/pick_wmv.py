@@ -167,16 +167,18 @@ def render(data: dict[tuple[str, int], dict[str, float]], sources: list[Path], q
              "Validation images only; the peak (oracle) needs the truth and sizes the budget, it "
              "is never a result.", "",
              "| problem | N | PSNR at the peak | PSNR of the last iterate | peak iteration: median "
-             f"| 90% | max | its own budget ({quantile:.0%}) |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|"]
+             f"| 90% | max | its own peak budget ({quantile:.0%}) | its own converged budget |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for task, ms in per_task.items():
         peaks = [m["trace:oracle_iteration"] for m in ms]
         peak_psnr = mean_interval([m["oracle"] for m in ms]).center
         last_psnr = mean_interval([m["psnr"] for m in ms]).center
-        own = budget({(task, i): m for i, m in enumerate(ms)}, quantile, step)
+        mine = {(task, i): m for i, m in enumerate(ms)}
+        own = budget(mine, quantile, step)
+        conv = converged_budget(mine, quantile, tolerance)
         lines.append(f"| {task} | {len(ms)} | {peak_psnr:.2f} | {last_psnr:.2f} | "
                      f"{nearest_rank(peaks, 0.5):.0f} | {nearest_rank(peaks, 0.9):.0f} | {max(peaks):.0f} "
-                     f"| {own} |")
+                     f"| {own} | {'-' if conv is None else conv} |")
     its, conv_cases = checkpoints(data)
     if its:
         lines += ["", f"Convergence ({len(conv_cases)} of {len(data)} cases have the checkpoint columns): "
