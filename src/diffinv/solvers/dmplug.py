@@ -302,8 +302,10 @@ class _Recorder:
             self.var.append(torch.full((self.B,), float("nan"), dtype=torch.float64))
         for key, rule in self.candidates.items():
             rule.update(torch.where(m, x, torch.zeros_like(x)), it, active=ok)
-            pick = torch.where(rule.best_iteration >= 0, rule.best_iteration, self.last_iteration)
-            self.candidate_picks[key].append(torch.where(run, pick, torch.full_like(pick, -1)))
+            if self.truth is not None:  # only read with a PSNR log (candidate_columns)
+                pick = torch.where(rule.best_iteration >= 0, rule.best_iteration,
+                                   self.last_iteration)
+                self.candidate_picks[key].append(torch.where(run, pick, torch.full_like(pick, -1)))
         if self.truth is not None:
             from diffinv.metrics.psnr import psnr
 
@@ -360,9 +362,9 @@ class _Recorder:
             if psnr is not None:
                 src = torch.where(picked >= 0, picked, self.last_iteration)
                 cols[f"{key}_psnr"] = psnr[src.clamp(min=0), torch.arange(self.B)]
-                at = stack_columns(self.candidate_picks[(w, p)], self.B).long() \
-                    if self.candidate_picks[(w, p)] else torch.zeros((0, self.B), dtype=torch.long)
-                got = psnr.gather(0, at.clamp(min=0)) if len(at) else psnr[:0]
+                picks = self.candidate_picks[(w, p)]  # one row per PSNR row
+                at = torch.stack(picks) if picks else torch.zeros((0, self.B), dtype=torch.long)
+                got = psnr.gather(0, at.clamp(min=0))
                 cols[f"{key}_pick_psnr"] = torch.where(at >= 0, got, torch.full_like(got, float("nan")))
         return cols
 
