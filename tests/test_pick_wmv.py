@@ -100,6 +100,9 @@ def test_rules_are_judged_under_the_budget_where_that_is_known_exactly():
     data = pick_wmv.cases([a, b])
     assert pick_wmv.pick_under_budget(data[("sr", 1)], 25, 100, 2000) == 20.0  # stopped: exact
     assert pick_wmv.pick_under_budget(data[("sr", 1)], 50, 300, 2000) is None
+    # under a budget equal to the run's length the pick is the long run's, stopped or not
+    assert pick_wmv.pick_under_budget(data[("sr", 1)], 50, 300, 5000) == 22.0
+    assert pick_wmv.judged_cases(data, 5000) == [("sr", 0), ("sr", 1)]
     assert pick_wmv.judged_cases(data, 2000) == [("sr", 0)]
     summary = pick_wmv.summarize(data, 2000)
     assert [(s["rule"], s["psnr"].center, s["cases"]) for s in summary] == \

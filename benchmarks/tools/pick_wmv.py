@@ -104,12 +104,13 @@ def converged_budget(data: dict[tuple[str, int], dict[str, float]], quantile: fl
 def pick_under_budget(metrics: dict[str, float], w: int, p: int, b: int) -> float | None:
     """The PSNR of what rule (W, P) returns under a budget of ``b`` iterations, when the row
     tells it exactly: its ``pick_psnr@{b-1}`` column, or its pick in the long run if it stopped
-    within ``b``; None otherwise."""
+    within ``b`` or ``b`` is the long run's length (a rule that never stopped returns its
+    minimum-VAR iterate at the end of the budget); None otherwise."""
     at = metrics.get(f"trace:wmv_{w}_{p}_pick_psnr@{b - 1}")
     if at is not None and math.isfinite(at):
         return at
     ran = metrics[f"trace:wmv_{w}_{p}_iterations_run"]
-    if ran < metrics[RUN_LENGTH] and ran <= b:
+    if b == metrics[RUN_LENGTH] or (ran < metrics[RUN_LENGTH] and ran <= b):
         return metrics[f"trace:wmv_{w}_{p}_psnr"]
     return None
 
