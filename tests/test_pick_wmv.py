@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 TOOL = Path(__file__).resolve().parents[1] / "benchmarks" / "tools" / "pick_wmv.py"
 spec = importlib.util.spec_from_file_location("pick_wmv", TOOL)
 pick_wmv = importlib.util.module_from_spec(spec)
@@ -35,7 +37,7 @@ def test_budget_is_the_rounded_up_quantile_of_the_peaks():
     assert "| deblur | 2 | 30.00 | 25.00 | 1200 | 4000 | 4000 | 4500 | - |" in text
 
 
-def test_the_cheapest_rule_not_distinguishable_from_the_best_is_chosen():
+def test_the_pooled_choice_is_the_cheapest_rule_not_distinguishable_from_the_best():
     # (100, 1000): best picks; (50, 300): 0.1 dB lower with noise, much cheaper; (25, 100): the
     # cheapest but 3 dB lower on every image (distinguishable), so not chosen
     noise = [0.3, -0.2, 0.25, -0.3, 0.1, -0.05]
@@ -47,8 +49,30 @@ def test_the_cheapest_rule_not_distinguishable_from_the_best_is_chosen():
     assert chosen["rule"] == (50, 300)
     assert diffs[(25, 100)].low > 0 and diffs[(50, 300)].low <= 0
     text = pick_wmv.render(data, [Path("x.jsonl")], 0.9, 500)
-    assert "**Budget: 1000 iterations**" in text and "**Rule: W = 50, P = 300.**" in text
+    assert "**Budget: 1000 iterations**" in text and "| (50, 300) (pooled) |" in text
     assert "| (100, 1000) | 30.50 |" in text and "| 0% | 1000 |" in text  # stops after the budget
+    # one problem: the worst regret is (100, 1000)'s 0, (50, 300)'s 0.08 > tie: (100, 1000)
+    assert "**Rule: W = 100, P = 1000** (the smallest worst regret, 0.00 dB" in text
+    assert "**Rule: W = 50, P = 300**" in pick_wmv.render(data, [Path("x.jsonl")], 0.9, 500, tie=0.1)
+
+
+def test_the_rule_with_the_smallest_worst_regret_over_problems_is_chosen():
+    # (50, 100) is best on "noisy" by 1 dB and loses 3 dB on "deblur"; (100, 1000) wins deblur by
+    # 3 dB and loses 2 dB on noisy; (50, 300) loses 0.5 / 1.5: the smallest worst regret (1.5).
+    table = {(50, 100): (30.0, 27.0, 300), (50, 300): (29.5, 28.5, 600), (100, 1000): (28.0, 30.0, 2000)}
+    rows = [row(task, i + 10 * k, 800, {r: (v[k] + 0.1 * i, v[2]) for r, v in table.items()})
+            for k, task in enumerate(["noisy", "deblur"]) for i in range(4)]
+    data = pick_wmv.cases(rows)
+    summary = pick_wmv.summarize(data, 5000)
+    problems, means, regret = pick_wmv.per_problem(data, summary)
+    assert problems == ["deblur", "noisy"]
+    assert regret == pytest.approx({(50, 100): 3.0, (50, 300): 1.5, (100, 1000): 2.0})
+    assert pick_wmv.choose_minimax(summary, regret, 0.05)["rule"] == (50, 300)
+    # within the tie the cheaper rule wins
+    assert pick_wmv.choose_minimax(summary, regret, 0.6)["rule"] == (50, 300)
+    assert pick_wmv.choose_minimax(summary, regret, 1.6)["rule"] == (50, 100)
+    text = pick_wmv.render(data, [Path("x.jsonl")], 0.9, 500)
+    assert "| (50, 300) **chosen** | 28.65 | 29.65 | 1.50 |" in text
 
 
 def test_only_rules_recorded_in_every_case_compete():
@@ -88,7 +112,7 @@ def test_a_rule_that_ran_the_whole_run_did_not_stop():
     text = pick_wmv.render(pick_wmv.cases(rows), [Path("x.jsonl")], 0.9, 500)
     assert "**Budget: 5000 iterations**" in text
     assert "| (25, 100) | 20.00 | +0.00 [+0.00, +0.00] | 10.00 | 0% | 5000 |" in text
-    assert "| (50, 100) **chosen** | 20.00 | +0.00 [+0.00, +0.00] | 10.00 | 100% | 300 |" in text
+    assert "| (50, 100) (pooled) | 20.00 | +0.00 [+0.00, +0.00] | 10.00 | 100% | 300 |" in text
 
 
 def test_rules_are_judged_under_the_budget_where_that_is_known_exactly():
