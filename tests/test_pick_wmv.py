@@ -64,7 +64,7 @@ def test_the_rule_with_the_smallest_worst_regret_over_problems_is_chosen():
             for k, task in enumerate(["noisy", "deblur"]) for i in range(4)]
     data = pick_wmv.cases(rows)
     summary = pick_wmv.summarize(data, 5000)
-    problems, means, regret = pick_wmv.per_problem(data, summary)
+    problems, means, regret = pick_wmv.per_problem(summary)
     assert problems == ["deblur", "noisy"]
     assert regret == pytest.approx({(50, 100): 3.0, (50, 300): 1.5, (100, 1000): 2.0})
     assert pick_wmv.choose_minimax(summary, regret, 0.05)["rule"] == (50, 300)

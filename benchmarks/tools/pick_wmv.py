@@ -145,8 +145,8 @@ def summarize(data: dict[tuple[str, int], dict[str, float]], b: int) -> list[dic
         out.append({"rule": (w, p), "picks": picks, "psnr": mean_interval(picks),
                     "within": sum(stopped) / len(stops),
                     "iterations": math.fsum(min(s, b) for s in stops) / len(stops),
-                    "gap_oracle": mean_interval(to_peak), "cases": len(keys), "under_budget": under,
-                    "budget": b})
+                    "gap_oracle": mean_interval(to_peak), "keys": keys, "cases": len(keys),
+                    "under_budget": under})
     return out
 
 
@@ -160,11 +160,11 @@ def choose(summary: list[dict]) -> tuple[dict, dict[tuple[int, int], object]]:
     return min(tied, key=lambda s: (s["iterations"], -s["psnr"].center)), diffs
 
 
-def per_problem(data: dict[tuple[str, int], dict[str, float]], summary: list[dict]
+def per_problem(summary: list[dict]
                 ) -> tuple[list[str], dict[tuple[int, int], dict[str, float]], dict[tuple[int, int], float]]:
     """The problems, each rule's mean pick PSNR per problem (over the cases the summary judged)
     and its worst regret: max over problems of (best rule's mean there - its own)."""
-    keys = judged_cases(data, summary[0]["budget"]) if summary[0]["under_budget"] else sorted(data)
+    keys = summary[0]["keys"]
     problems = sorted({task for task, _ in keys})
     means: dict[tuple[int, int], dict[str, float]] = {}
     for s in summary:
@@ -193,7 +193,7 @@ def render(data: dict[tuple[str, int], dict[str, float]], sources: list[Path], q
     b = peak_b if conv_b is None else conv_b
     summary = summarize(data, b)
     pooled, diffs = choose(summary)
-    problems, means, regret = per_problem(data, summary)
+    problems, means, regret = per_problem(summary)
     chosen = choose_minimax(summary, regret, tie)
     per_task: dict[str, list[dict[str, float]]] = defaultdict(list)
     for (task, _), m in sorted(data.items()):
