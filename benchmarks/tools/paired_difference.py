@@ -3,6 +3,10 @@ measurements, same solver seeds), as a Markdown table with the 95% Student-t int
 
     python benchmarks/tools/paired_difference.py benchmarks/precision.jsonl \
         --axis prior --a "fashion32 fp32" --b "fashion32 bf16" -o benchmarks/precision_paired.md
+    python benchmarks/tools/paired_difference.py benchmarks/linear.part*.jsonl \
+        --axis method --a DPS --b MCG --metric psnr -o benchmarks/linear_paired_mcg_dps.md
+
+Several files (a sharded run's parts) are read as one run.
 
 For every (other axes) cell present under both labels, the table gives N, mean(b - a) with its
 95% interval, and max |b - a|, per metric. Rows are matched by image index, so the interval is
@@ -12,6 +16,8 @@ that of the paired difference (far tighter than comparing two means with their o
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -41,18 +47,30 @@ def paired(rows: list[dict], axis: str, a: str, b: str) -> dict[tuple, dict[str,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("jsonl", type=Path)
+    ap.add_argument("jsonl", type=Path, nargs="+", help="the run's rows (several files: its shards)")
     ap.add_argument("--axis", default="prior")
     ap.add_argument("--a", required=True, help="label of the reference row")
     ap.add_argument("--b", required=True, help="label of the compared row")
+    ap.add_argument("--metric", action="append", default=None,
+                    help="only this metric (repeatable); default: every metric both rows have")
     ap.add_argument("-o", "--output", type=Path, default=None)
     args = ap.parse_args()
-    diffs = paired(read_records(args.jsonl)[0], args.axis, args.a, args.b)
+    rows = [r for path in args.jsonl for r in read_records(path)[0]]
+    diffs = paired(rows, args.axis, args.a, args.b)
     if not diffs:
         raise SystemExit(f"no image is present under both {args.a!r} and {args.b!r}")
     metrics = sorted({m for d in diffs.values() for m in d})
+    if args.metric:
+        unknown = sorted(set(args.metric) - set(metrics))
+        if unknown:
+            raise SystemExit(f"no paired values of {unknown}; the rows have {metrics}")
+        metrics = [m for m in metrics if m in args.metric]
+    sources = " ".join(f"`{p}`" for p in args.jsonl)
+    argv = ["python", "benchmarks/tools/paired_difference.py", *sys.argv[1:]]
+    command = " ".join(shlex.quote(a) for a in argv)
     lines = [f"# Paired differences: {args.b} minus {args.a}", "",
-             f"- Source: `{args.jsonl}` (rows matched by cell and image index)",
+             f"- Made by: `{command}`",
+             f"- Source: {sources} (rows matched by cell and image index)",
              "- Cells: mean of the per-image difference ± half-width of its 95% Student-t "
              "interval; max |diff| over the images", "",
              "| cell | N | " + " | ".join(f"{m}: mean diff | {m}: max abs" for m in metrics) + " |",
