@@ -4,6 +4,8 @@ prior and data split (the real ones are other issues' work; these are monkeypatc
 The stand-in solvers are deterministic functions of (y, the public measurement, the per-image
 generators): "adjoint" returns gain * A^T y plus 0.01 N(0, I) drawn from the per-image generator,
 "measured" returns y plus the same draw. They assert that they never receive the hidden truth.
+A ``batch_shift`` parameter adds batch_shift * (batch size) to the result: the stand-in for a
+solver whose float rounding depends on the batch size and is amplified over many steps (DPS).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def fake_solver_registry(name: str, **params):
     if name not in ("adjoint", "measured"):
         raise UnknownNameError("solver", name, ["adjoint", "measured"])
     gain = float(params.get("gain", 1.0))
+    batch_shift = float(params.get("batch_shift", 0.0))
 
     def solve(y, physics, prior, seed):
         assert isinstance(physics, Measurement) and physics.x is None and not physics.true_params
@@ -44,7 +47,7 @@ def fake_solver_registry(name: str, **params):
             SEEN[(name + str(gain), physics.operator, i)] = y[j].clone()
         z = 0.01 * randn(y.shape[1:], seed)
         base = gain * physics.make_operator().adjoint(y, **physics.params) if name == "adjoint" else y
-        x = base + z
+        x = base + z + batch_shift * y.shape[0]
         return SimpleNamespace(x=x, nfe=7, seconds=0.25 * y.shape[0], trace={})
 
     return solve
@@ -220,6 +223,28 @@ def test_gallery_redraws_the_tables_restorations_and_checks_them(tmp_path, fakes
     (tmp_path / "out" / "r.jsonl").write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n")
     with pytest.raises(BenchRecordError, match="differs from the table's row"):
         make_gallery(task, 2, progress=False)
+
+
+def test_gallery_recomputes_each_image_in_a_batch_of_its_rows_size(tmp_path, fakes, monkeypatch):
+    """A solver whose result depends on the batch size (as 1000-step DPS's rounding does) is
+    redrawn in batches of the sizes its rows were computed in: 3 for images 0-2, 2 for 3-4 (batch
+    size 3, 5 images), so the gallery agrees with every row; drawing the 4 images as one batch of
+    4, as the gallery once did, is off by 0.05 x (4 - 3) per pixel and caught."""
+    from diffinv.bench import gallery
+    from diffinv.bench.gallery import make_gallery
+
+    task = write_task(tmp_path, methods=[{"name": "adjoint", "batch_shift": 0.05}], tasks=TASKS[:1])
+    run_benchmark(task, progress=False)
+    g = make_gallery(task, 4, progress=False)
+    assert g.compared == 4 and g.max_abs_diff_db < 1e-4
+
+    def one_batch(restore, ctx, cell, sizes):
+        return original(restore, ctx, cell, [len(sizes)] * len(sizes))
+
+    original = gallery._recompute
+    monkeypatch.setattr(gallery, "_recompute", one_batch)
+    with pytest.raises(BenchRecordError, match="differs from the table's row"):
+        make_gallery(task, 4, progress=False)
 
 
 def test_gallery_without_rows_and_bad_requests(tmp_path, fakes):

@@ -2,8 +2,10 @@
 
 Every random draw a solver, sampler or operator makes for image ``i`` of a run comes from a
 ``torch.Generator`` seeded by ``image_seed(run_seed, i)``.  Draws are made on the CPU and moved to
-the target device, so a run is reproducible across devices and batching never changes a per-image
-result: image ``i`` gets the same numbers whether it is processed alone or inside a batch.
+the target device, so a run is reproducible across devices and batching never changes the random
+numbers of an image: image ``i`` gets the same draws whether it is processed alone or inside a
+batch. (The arithmetic on them still rounds differently for other batch sizes; a long stochastic
+solver such as DPS can amplify that: see ``diffinv.bench.gallery``.)
 """
 
 from __future__ import annotations
