@@ -238,8 +238,8 @@ def test_gallery_recomputes_each_image_in_a_batch_of_its_rows_size(tmp_path, fak
     g = make_gallery(task, 4, progress=False)
     assert g.compared == 4 and g.max_abs_diff_db < 1e-4
 
-    def one_batch(restore, ctx, cell, sizes):
-        return original(restore, ctx, cell, [len(sizes)] * len(sizes))
+    def one_batch(ctx, cell, sizes):
+        return original(ctx, cell, [len(sizes)] * len(sizes))
 
     original = gallery._recompute
     monkeypatch.setattr(gallery, "_recompute", one_batch)

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from diffinv.bench.gallery import row_psnr_by_key
-from diffinv.bench.jobs import RunContext
+from diffinv.bench.gallery import restore_context, row_psnr_by_key
 from diffinv.bench.kinds import restore
 from diffinv.bench.plan import load_plan, select_cells
-from diffinv.bench.runner import resolve_all
 from diffinv.metrics import psnr
 
 
@@ -36,10 +34,7 @@ def main() -> None:
     cell = cells[0]
     if not 0 <= args.image < cell.target or min(args.sizes) < 1:
         raise SystemExit(f"--image must be in 0..{cell.target - 1} and every size >= 1")
-    ctx = RunContext(name=plan.name, kind=plan.kind.name, seed=plan.seed, device="cpu",
-                     options=dict(plan.options), metrics=["psnr"], shard=(0, 1))
-    restore.validate(ctx, cells)
-    resolved = resolve_all(plan, ctx)
+    ctx, resolved = restore_context(plan, cells)
     row = row_psnr_by_key(plan).get(plan.unit_key(cell, args.image, plan.cell_identity(cell, resolved)))
     print(f"{'/'.join(cell.labels)} image {args.image}"
           + (f": the table's row {row[0]:.3f} dB (batch of {row[1]})" if row else ": no row"))

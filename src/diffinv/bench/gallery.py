@@ -114,7 +114,20 @@ def row_psnr_by_key(plan: Plan) -> dict[str, tuple[float, int]]:
             for r in rows if "psnr" in r.get("metrics", {})}
 
 
-def _recompute(restore: Any, ctx: RunContext, cell: Cell, sizes: Sequence[int]) -> tuple[Any, Any, Any]:
+def restore_context(plan: Plan, cells: Sequence[Cell]) -> tuple[RunContext, Any]:
+    """The run context and resolved identities with which ``diffinv bench`` computed the rows of
+    ``cells`` (one process, PSNR only), for recomputing them."""
+    from diffinv.bench.kinds import restore
+    from diffinv.bench.runner import resolve_all
+
+    ctx = RunContext(name=plan.name, kind=plan.kind.name, seed=plan.seed,
+                     device=run_device(plan.device, os.environ), options=dict(plan.options),
+                     metrics=["psnr"], shard=(0, 1))
+    restore.validate(ctx, cells)
+    return ctx, resolve_all(plan, ctx)
+
+
+def _recompute(ctx: RunContext, cell: Cell, sizes: Sequence[int]) -> tuple[Any, Any, Any]:
     """Images ``0 .. len(sizes)-1`` of ``cell``, image i solved in a batch of ``sizes[i]`` images
     (itself, the other gallery images of that size, then the cell's next images as filler).
 
@@ -122,6 +135,7 @@ def _recompute(restore: Any, ctx: RunContext, cell: Cell, sizes: Sequence[int]) 
     """
     import torch
 
+    from diffinv.bench.kinds import restore
     from diffinv.physics.measurement import png_view
 
     k = len(sizes)
@@ -146,8 +160,6 @@ def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
     """Draw the gallery of a "restore" task file (see the module docstring)."""
     from tqdm import tqdm
 
-    from diffinv.bench.kinds import restore
-    from diffinv.bench.runner import resolve_all
     from diffinv.metrics import psnr
 
     plan = load_plan(task_path)
@@ -158,11 +170,7 @@ def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
         raise BenchConfigError(f"--gallery takes a positive number of images; got {n_images!r}")
     cells = select_cells(plan.cells, only)
     k = min([n_images] + [c.target for c in cells])
-    ctx = RunContext(name=plan.name, kind=plan.kind.name, seed=plan.seed,
-                     device=run_device(plan.device, os.environ), options=dict(plan.options),
-                     metrics=["psnr"], shard=(0, 1))
-    restore.validate(ctx, cells)
-    resolved = resolve_all(plan, ctx)
+    ctx, resolved = restore_context(plan, cells)
     table = row_psnr_by_key(plan)
 
     out_dir = plan.out_dir / f"{plan.name}_gallery"
@@ -175,7 +183,7 @@ def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
         ident = plan.cell_identity(cell, resolved)
         rows = [table.get(plan.unit_key(cell, i, ident)) for i in range(k)]
         sizes = [plan.batch_size if r is None else r[1] for r in rows]
-        x, y, x_hat = _recompute(restore, ctx, cell, sizes)
+        x, y, x_hat = _recompute(ctx, cell, sizes)
         values = [float(v) for v in psnr(x_hat, x)]
         for i, v in enumerate(values):
             if rows[i] is None:
