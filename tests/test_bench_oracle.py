@@ -46,7 +46,8 @@ def test_oracle_column_is_the_best_iterate_and_the_result_ignores_the_truth(
         f"methods = [{', '.join(value(m) for m in methods)}]",
         'tasks = [{name = "sr4", operator = "sr-avgpool", noise = "gaussian:0.01"}]',
         f'priors = [{{name = "toy", path = {json.dumps(str(tiny_prior))}}}]',
-        'metrics = ["psnr", "oracle", "trace:iterations_run", "trace:psnr@1", "trace:psnr@99999"]',
+        'metrics = ["psnr", "oracle", "oracle_gap", "trace:iterations_run", "trace:psnr@1", '
+        '"trace:psnr@99999"]',
         "[run]", 'name = "t"', 'dataset = "fashion32:valid"', "n_images = 2", "batch_size = 2",
     ]) + "\n")
     run_benchmark(tmp_path / "t.toml", progress=False)
@@ -73,11 +74,13 @@ def test_oracle_column_is_the_best_iterate_and_the_result_ignores_the_truth(
         # the oracle is the best PSNR over the iterates; the output is one of them
         assert dm["oracle"] >= dm["psnr"] - 1e-3
         assert dm["oracle"] == pytest.approx(float(with_truth.trace["psnr"][:, i].max()))
+        assert dm["oracle_gap"] == pytest.approx(dm["oracle"] - dm["psnr"], abs=1e-9)
         assert dm["trace:iterations_run"] == float(without.trace["iterations_run"][i])
         # KEY@I: row I of a per-iteration log; NaN past the end of the run
         assert dm["trace:psnr@1"] == pytest.approx(float(with_truth.trace["psnr"][1, i]), abs=1e-9)
         assert math.isnan(dm["trace:psnr@99999"]) and math.isnan(dps["trace:psnr@1"])
         assert math.isnan(dps["oracle"]) and math.isnan(dps["trace:iterations_run"])
+        assert math.isnan(dps["oracle_gap"])
         assert not math.isnan(dps["psnr"])
 
 
@@ -87,7 +90,8 @@ def test_the_truth_goes_to_the_solver_only_for_columns_that_need_it():
 
     x = torch.zeros(1, 1, 32, 32)
     dmplug, dps = make_solver("dmplug"), make_solver("dps")
-    for metrics in (["psnr", "oracle"], ["trace:wmv_50_100_psnr"], ["trace:oracle_iteration"]):
+    for metrics in (["psnr", "oracle"], ["trace:wmv_50_100_psnr"], ["trace:oracle_iteration"],
+                    ["psnr", "oracle_gap"]):
         assert _evaluation_kwargs(dmplug, metrics, x)["truth"] is x
         assert _evaluation_kwargs(dps, metrics, x) == {}
     for metrics in (["psnr", "ssim"], ["trace:iterations_run", "trace:wmv_50_100_iterations_run"]):

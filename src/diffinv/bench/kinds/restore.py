@@ -33,12 +33,17 @@ Two kinds of metric names read the solver's trace instead of scoring ``x_hat``:
   (the figure the official DMPlug code reports), *never the method's result*. Only for this
   column, a solver whose call takes a ``truth`` keyword (DMPlug) receives ``truth=x``, which it
   uses for evaluation only (its output does not depend on it; ``tests/test_bench_oracle.py``
-  checks this). No other solver ever sees ``x``.
+  checks this). No other solver ever sees ``x``;
+* ``"oracle_gap"``: oracle - psnr of the output, image by image (what choosing the iterate with
+  the truth would add to the method's result; its mean and interval are those of the paired
+  difference, tighter than the two columns' own intervals suggest). Needs the truth as "oracle".
 
 A solver whose trace lacks the key (DPS has no iterates to pick from) gets NaN for that column.
 
 NFE is the solver's count for the batch (a batched network call counts once, which is also the
-per-image count); seconds/image is the solver's wall time over the batch size. With a CUDA
+per-image count when every image goes through every call; an early-stopped DMPlug batch runs until
+its last image stops, so its NFE is that image's, and each image's own iteration count is
+``"trace:iterations_run"``); seconds/image is the solver's wall time over the batch size. With a CUDA
 device the batch's peak memory is stored in each row's ``extra``.
 
 The data, physics, solver, metric and prior modules are imported when the job runs, so the runner
@@ -142,7 +147,7 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
     if split not in SPLITS:
         raise UnknownNameError("split", split, list(SPLITS))
     for m in ctx.metrics:
-        if trace_key(m) is None:
+        if trace_key(m) is None and m != ORACLE_GAP:
             get_metric(m)
     validate_entries(cells)
     n = len(_split(ctx))
@@ -203,6 +208,7 @@ def _score(metric: Any, x_hat: Any, x: Any, labels: Any) -> list[float]:
 
 
 ORACLE = "oracle"
+ORACLE_GAP = "oracle_gap"
 TRACE_PREFIX = "trace:"
 
 
@@ -248,7 +254,7 @@ def _evaluation_kwargs(solver: Any, metrics: Sequence[str], x: Any) -> dict[str,
     """``{"truth": x}`` when a column needs the truth (the oracle, or a trace key about PSNR such
     as ``trace:wmv_50_100_psnr``) and the solver's call takes a truth for evaluation (DMPlug);
     otherwise nothing."""
-    keys = [trace_key(m) for m in metrics]
+    keys = [ORACLE if m == ORACLE_GAP else trace_key(m) for m in metrics]
     if not any(k and ("psnr" in k or "oracle" in k) for k in keys):
         return {}
     try:
@@ -312,10 +318,17 @@ def score_batch(ctx: RunContext, batch: Restored) -> dict[str, list[float]]:
     from diffinv.metrics import get_metric
 
     n = batch.x.shape[0]
-    return {name: (_score(get_metric(name), batch.result.x, batch.x, batch.labels)
-                   if trace_key(name) is None
-                   else _from_trace(batch.result.trace, str(trace_key(name)), n))
-            for name in ctx.metrics}
+
+    def column(name: str) -> list[float]:
+        if name == ORACLE_GAP:
+            oracle = _from_trace(batch.result.trace, "oracle_psnr", n)
+            out = _score(get_metric("psnr"), batch.result.x, batch.x, batch.labels)
+            return [o - v for o, v in zip(oracle, out, strict=True)]
+        if trace_key(name) is None:
+            return _score(get_metric(name), batch.result.x, batch.x, batch.labels)
+        return _from_trace(batch.result.trace, str(trace_key(name)), n)
+
+    return {name: column(name) for name in ctx.metrics}
 
 
 def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]:
