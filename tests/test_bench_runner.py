@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -321,6 +322,26 @@ def test_report_numbers_match_a_hand_computation(tmp_path):
     # every row records the prior's hash
     assert all(r["cell"]["prior"]["resolved"]["sha256"] == p1_sha
                for r in read_records(tmp_path / "out" / "t.jsonl")[0])
+
+
+def test_rerunning_a_finished_table_leaves_its_report_files_untouched(tmp_path):
+    task = write_task(tmp_path)
+    run_quiet(task)
+    out = tmp_path / "out"
+    # mark the Date lines: a rerun with nothing new must not rewrite them (only the date would
+    # change), while a table that changes must be written again
+    for f in ("t.md", "t.csv"):
+        text = (out / f).read_text()
+        marked = re.sub(r"Date: [^\n]*", "Date: MARK", text)
+        assert marked != text
+        (out / f).write_text(marked)
+    assert run_quiet(task).written == 0
+    assert "Date: MARK" in (out / "t.md").read_text()
+    assert "Date: MARK" in (out / "t.csv").read_text()
+    write_task(tmp_path, n_images=4)
+    run_quiet(task, report_only=True)
+    assert "Date: MARK" not in (out / "t.md").read_text()
+    assert "Date: MARK" not in (out / "t.csv").read_text()
 
 
 def test_report_only_rerenders_identically_and_ignores_stray_rows(tmp_path):

@@ -268,10 +268,26 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _without_date(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if not ln.lstrip("-# ").startswith("Date: ")]
+
+
+def _write_unless_only_date_differs(path: Path, text: str) -> None:
+    """Keep an existing file whose only difference from ``text`` is its ``Date:`` line, so that
+    re-running a finished table (nothing to do) leaves its report untouched."""
+    try:
+        if _without_date(path.read_text(encoding="utf-8")) == _without_date(text):
+            return
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    _atomic_write(path, text)
+
+
 def write_report(rep: Report) -> tuple[Path, Path]:
-    """Write ``NAME.md`` and ``NAME.csv`` next to the rows (atomically: ranks may race)."""
+    """Write ``NAME.md`` and ``NAME.csv`` next to the rows (atomically: ranks may race). A file
+    that would change only in its ``Date:`` line is left as it is."""
     d, name = rep.plan.out_dir, rep.plan.name
     md, cs = d / f"{name}.md", d / f"{name}.csv"
-    _atomic_write(md, render_markdown(rep))
-    _atomic_write(cs, render_csv(rep))
+    _write_unless_only_date_differs(md, render_markdown(rep))
+    _write_unless_only_date_differs(cs, render_csv(rep))
     return md, cs
