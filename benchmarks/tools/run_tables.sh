@@ -8,7 +8,8 @@
 # per core with OMP_NUM_THREADS=1 (as the tables here were run: 2 cores, shards 0/2 and 1/2); on a
 # GPU run one shard per device. The order: the DMPlug convergence
 # study first (it fixes the budget and (W, P) of the DMPlug tables: run benchmarks/tools/pick_wmv.py
-# and set them before going on), then the linear table's slow methods, mnist32, the DMPlug tables.
+# and set them before going on), then the linear table's slow methods, mnist32, the DMPlug tables
+# (the cost table, ~3.5 CPU-h, before Table 5, ~15 CPU-h).
 set -euo pipefail
 I=${1:?shard index I}
 N=${2:?number of shards N}
@@ -27,5 +28,5 @@ if grep -l PROVISIONAL benchmarks/tasks/dmplug_{linear,nonlinear,noise,cost}.tom
 fi
 run benchmarks/tasks/dmplug_linear.toml
 run benchmarks/tasks/dmplug_nonlinear.toml
-run benchmarks/tasks/dmplug_noise.toml
 run benchmarks/tasks/dmplug_cost.toml
+run benchmarks/tasks/dmplug_noise.toml
