@@ -502,3 +502,97 @@ def test_readme_example_task_file_expands_as_described(tmp_path):
     assert dict(plan.cells[1]["method"].params) == {"eta": 0.85}
     assert plan.options == {"dataset": "fashion32:test"} and plan.batch_size == 8
     assert plan.out_dir == tmp_path.parent.resolve()
+
+
+def _rows_by_worker(out_dir: Path) -> dict[str, list[dict]]:
+    by: dict[str, list[dict]] = {}
+    for p in run_files(out_dir, "t"):
+        for r in read_records(p)[0]:
+            by.setdefault(r["worker"], []).append(r)
+    return by
+
+
+def test_batch_split_hands_out_whole_batches_and_together_gives_the_plain_rows(tmp_path):
+    run_quiet(write_task(tmp_path / "ref"))
+    expected = unit_rows(tmp_path / "ref" / "out")
+    task = write_task(tmp_path / "b")  # 4 cells x 6 images, batch 4: batches [0-3], [4, 5] per cell
+    for k in range(3):
+        run_quiet(task, shard=f"{k}/3", split="batches")
+    assert unit_rows(tmp_path / "b" / "out") == expected
+    by = _rows_by_worker(tmp_path / "b" / "out")
+    grid_batches = []
+    for w, rows in sorted(by.items()):
+        for r in rows:
+            labels = tuple(r["cell"][a]["label"] for a in ("method", "task", "prior"))
+            grid_batches.append((w, labels, r["index"] // 4, r["batch"]))
+    # every batch is whole (4 or 2 images) and belongs to a single worker
+    assert {(i, b) for _, _, i, b in grid_batches} == {(0, 4), (1, 2)}
+    owners: dict[tuple, set[str]] = {}
+    for w, labels, i, _ in grid_batches:
+        owners.setdefault((labels, i), set()).add(w)
+    assert len(owners) == 8 and all(len(o) == 1 for o in owners.values())
+    # worker k takes batches k, k + 3, ... of the grid in order: 3, 3 and 2 batches
+    assert sorted(len({(lab, i) for w2, lab, i, _ in grid_batches if w2 == w}) for w in by) == [2, 3, 3]
+    # the image split of the same shards cuts every cell's 6 images into batches of 2
+    task_i = write_task(tmp_path / "i")
+    run_quiet(task_i, shard="0/3")
+    assert {r["batch"] for r in read_records(tmp_path / "i" / "out" / "t.part0of3.jsonl")[0]} == {2}
+
+
+def test_batch_split_resumes_whatever_the_rows_on_disk(tmp_path):
+    run_quiet(write_task(tmp_path / "ref"))
+    expected = unit_rows(tmp_path / "ref" / "out")
+    task = write_task(tmp_path / "r")
+    run_quiet(task, shard="1/2")  # image split first: odd images
+    for k in range(2):
+        run_quiet(task, shard=f"{k}/2", split="batches")
+    assert unit_rows(tmp_path / "r" / "out") == expected
+
+
+def test_batch_size_override_changes_the_batches_not_the_rows(tmp_path):
+    run_quiet(write_task(tmp_path / "ref"))
+    expected = unit_rows(tmp_path / "ref" / "out")
+    task = write_task(tmp_path / "bs")
+    run_quiet(task, batch_size=5)
+    assert unit_rows(tmp_path / "bs" / "out") == expected
+    assert sorted({r["batch"] for r in read_records(tmp_path / "bs" / "out" / "t.jsonl")[0]}) == [1, 5]
+
+
+@pytest.mark.parametrize("kw, match", [({"batch_size": 0}, "bad batch size 0"),
+                                       ({"batch_size": 2.5}, "bad batch size 2.5"),
+                                       ({"split": "cells"}, "bad split 'cells'"),
+                                       ({"device": "gpu7"}, "--device 'gpu7' is not a torch device")])
+def test_bad_overrides_fail_clearly_and_write_nothing(tmp_path, kw, match):
+    task = write_task(tmp_path)
+    with pytest.raises(BenchConfigError, match=match):
+        run_quiet(task, **kw)
+    assert _no_output(tmp_path)
+
+
+def test_device_override_is_recorded_and_report_only_needs_no_device(tmp_path):
+    import torch
+
+    task = write_task(tmp_path, device="cuda:0")
+    if not torch.cuda.is_available():
+        with pytest.raises(BenchConfigError, match="sees no CUDA device"):
+            run_quiet(task)  # the task file's own device is checked before computing
+    run_quiet(task, device="cpu")
+    rows = read_records(tmp_path / "out" / "t.jsonl")[0]
+    assert {r["device"] for r in rows} == {"cpu"}
+    parser = argparse.ArgumentParser()
+    bench_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", str(task), "--report-only"])
+    assert args.func(args) == 0  # no device touched, whatever the task file names
+
+
+def test_cli_overrides_are_stored_in_the_rows_command(tmp_path):
+    task = write_task(tmp_path)
+    parser = argparse.ArgumentParser()
+    bench_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", str(task), "--no-progress", "--shard", "0/2", "--split",
+                              "batches", "--batch-size", "3", "--device", "cpu"])
+    assert args.func(args) == 0
+    rows = read_records(tmp_path / "out" / "t.part0of2.jsonl")[0]
+    assert rows[0]["command"] == (f"diffinv bench {task} --shard 0/2 --device cpu --batch-size 3 "
+                                  "--split batches")
+    assert {r["batch"] for r in rows} == {3}

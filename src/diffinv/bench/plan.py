@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +237,31 @@ def worker_of(shard: tuple[int, int], rank: tuple[int, int]) -> tuple[int, int]:
     """Combine ``--shard i/n`` with torchrun rank r of w: worker i * w + r of n * w."""
     (i, n), (r, w) = shard, rank
     return i * w + r, n * w
+
+
+def override_device(plan: Plan, device: str | None) -> Plan:
+    """``plan`` with its [run] device replaced by ``device`` (``diffinv bench --device``).
+
+    The device stays part of the row identity of the kinds that list it (timings), so rows from
+    another device are not mixed into theirs. Raises :class:`BenchConfigError` for a string that
+    is not a torch device and for a CUDA device (``device`` or, without it, the task file's) on a
+    machine without one: called before a run computes anything, not for ``--report-only``.
+    """
+    import torch
+
+    where = "--device" if device is not None else f"{plan.task.path}: [run] device"
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError) as e:
+            raise BenchConfigError(f"--device {device!r} is not a torch device: {e}") from None
+    target = plan.device if device is None else device
+    if torch.device(target).type == "cuda" and not torch.cuda.is_available():
+        hint = (f"leave --device out to use the task file's ({plan.device!r})" if device is not None
+                else "run it with --device cpu (rows record where they ran)")
+        raise BenchConfigError(f"{where} {target!r}: this torch ({torch.__version__}) sees no CUDA "
+                               f"device; {hint}")
+    return plan if device is None else replace(plan, device=device)
 
 
 def run_device(device: str, env: Mapping[str, str] | None = None) -> str:

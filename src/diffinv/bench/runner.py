@@ -13,18 +13,19 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from diffinv.bench.errors import BenchRecordError
+from diffinv.bench.errors import BenchConfigError, BenchRecordError
 from diffinv.bench.jobs import RunContext, UnitResult
 from diffinv.bench.machine import machine_info
 from diffinv.bench.plan import (
     Plan,
     env_rank,
     load_plan,
+    override_device,
     parse_shard,
     run_device,
     select_cells,
@@ -135,7 +136,8 @@ def resolve_all(plan: Plan, ctx: RunContext) -> dict[tuple[str, str], dict[str, 
 def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None,
                   only: Sequence[str] | None = None, report_only: bool = False, progress: bool = True,
                   env: Mapping[str, str] | None = None, command: str | None = None,
-                  invocation: str | None = None) -> Outcome:
+                  invocation: str | None = None, device: str | None = None,
+                  batch_size: int | None = None, split: str = "images") -> Outcome:
     """Run (or resume) the task file, then write its report; see the module docstring.
 
     ``shard`` is ``"i/n"``; torchrun's RANK/WORLD_SIZE in ``env`` split further. ``only``
@@ -143,11 +145,27 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
     the matching cells; the report still merges every row of the run. With
     ``report_only`` nothing is computed: the report is re-rendered from the rows on disk.
     ``command`` heads the report (default ``diffinv bench PATH``); ``invocation`` (default the
-    same) is stored in each row written.
+    same) is stored in each row written. ``device`` overrides the task file's [run] device
+    (see :func:`~diffinv.bench.plan.override_device`); each row records the device it ran on.
+    ``batch_size`` overrides the task file's (rows record their batch). ``split`` says how
+    ``shard`` divides the work: ``"images"`` gives worker k of m the images i with i % m == k
+    of every cell (batches of up to ``batch_size`` of them), ``"batches"`` cuts every cell into
+    batches of ``batch_size`` consecutive images and gives worker k batches k, k + m, ... of the
+    whole grid in order: whole batches, so m workers on one GPU each keep a full batch, and a
+    division that does not depend on the rows already on disk (workers may start at any time).
     """
+    if split not in ("images", "batches"):
+        raise BenchConfigError(f"bad split {split!r}: expected 'images' or 'batches'")
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) != batch_size
+                                   or batch_size < 1):
+        raise BenchConfigError(f"bad batch size {batch_size!r}: expected an integer >= 1")
     shard_t = parse_shard(shard)
     rank_t = env_rank(env)
     plan = load_plan(task_path)
+    if not report_only:
+        plan = override_device(plan, device)
+    if batch_size is not None:
+        plan = replace(plan, batch_size=int(batch_size))
     selected = select_cells(plan.cells, only)
     worker = worker_of(shard_t, rank_t)
     command = command or reproduce_command(plan.task.path)
@@ -172,13 +190,25 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
     todo: list[tuple[Cell, list[int]]] = []
     skipped = 0
     k, m = worker
+    n_batches = 0  # split == "batches": the batches of the whole grid, numbered in order
     for cell in selected:
         ident = plan.cell_identity(cell, resolved)
-        mine = [i for i in range(cell.target) if i % m == k]
-        left = [i for i in mine if plan.unit_key(cell, i, ident) not in done]
-        skipped += len(mine) - len(left)
-        for s in range(0, len(left), plan.batch_size):
-            todo.append((cell, left[s:s + plan.batch_size]))
+        if split == "images":
+            mine = [i for i in range(cell.target) if i % m == k]
+            left = [i for i in mine if plan.unit_key(cell, i, ident) not in done]
+            skipped += len(mine) - len(left)
+            for s in range(0, len(left), plan.batch_size):
+                todo.append((cell, left[s:s + plan.batch_size]))
+            continue
+        for s in range(0, cell.target, plan.batch_size):
+            n_batches += 1
+            if (n_batches - 1) % m != k:
+                continue
+            mine = list(range(s, min(s + plan.batch_size, cell.target)))
+            left = [i for i in mine if plan.unit_key(cell, i, ident) not in done]
+            skipped += len(mine) - len(left)
+            if left:
+                todo.append((cell, left))
     n_todo = sum(len(ix) for _, ix in todo)
     path = record_path(plan.out_dir, plan.name, worker)
     print(f"diffinv bench {plan.name}: {len(selected)} of {len(plan.cells)} cell(s); worker {k}/{m}: "

@@ -28,6 +28,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "--only prior=fashion32; repeated on one axis: either value, on "
                         "different axes: all must hold; the report still merges every row of "
                         "the run")
+    p.add_argument("--device", metavar="DEVICE", default=None,
+                   help="torch device to compute on instead of the task file's [run] device, "
+                        "e.g. cuda or cuda:1; each row records where it ran (restore tables: "
+                        "rows from any device merge; timing kinds keep devices apart)")
+    p.add_argument("--batch-size", metavar="B", type=int, default=None,
+                   help="images per solver call instead of the task file's [run] batch_size "
+                        "(rows record their batch)")
+    p.add_argument("--split", choices=("images", "batches"), default="images",
+                   help="how --shard divides the work: 'images' (default) gives shard I the "
+                        "images i with i %% N == I of every cell; 'batches' gives it whole "
+                        "batches I, I+N, ... of the grid, so that N workers sharing one GPU each "
+                        "keep a full batch")
     p.add_argument("--report-only", action="store_true",
                    help="compute nothing: re-render the tables from the rows on disk")
     p.add_argument("--gallery", metavar="K", type=int, default=None,
@@ -60,8 +72,15 @@ def run(args: argparse.Namespace) -> int:
         argv += ["--shard", args.shard]
     for spec in args.only or ():
         argv += ["--only", spec]
+    if args.device:
+        argv += ["--device", args.device]
+    if args.batch_size is not None:
+        argv += ["--batch-size", str(args.batch_size)]
+    if args.split != "images":
+        argv += ["--split", args.split]
     out = run_benchmark(args.task, shard=args.shard, only=args.only, report_only=args.report_only,
-                        progress=not args.no_progress, invocation=shlex.join(argv))
+                        progress=not args.no_progress, invocation=shlex.join(argv),
+                        device=args.device, batch_size=args.batch_size, split=args.split)
     if out.report is not None and args.report_only:
         print(f"wrote {out.files[0]} and {out.files[1]}", file=sys.stderr)
     return 0
