@@ -39,3 +39,12 @@ def test_cells_are_kept_apart():
     text = dmplug_stops.render(dmplug_stops.stop_cases(rows), "cmd")
     assert "| inpaint | fashion32 | 1 | 0 | 2000 | 2000 [2000, 2000] | 0.00 |" in text
     assert "| sr | fashion32 | 1 | 1 | 2000 | 500 [500, 500] | 1.00 |" in text
+
+
+def test_rows_of_other_methods_with_nan_columns_are_skipped():
+    # a restore table writes nan where a column does not apply (DPS has no oracle, no iterations)
+    dps = {"cell": {"method": {"label": "DPS (L2)", "params": {"scale": 0.3}}, "task": {"label": "sr"},
+                    "prior": {"label": "fashion32"}}, "index": 0,
+           "metrics": {"oracle": math.nan, "psnr": 19.0, "trace:iterations_run": math.nan}}
+    cases = dmplug_stops.stop_cases([dps, row("sr", 0, 700, 21.0, 20.5)])
+    assert cases == {("DMPlug+ES-WMV", "sr", "fashion32"): [(0, 700, 2000, 0.5)]}

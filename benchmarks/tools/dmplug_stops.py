@@ -8,13 +8,14 @@ iterates run, chosen with the truth), ``psnr`` (of the ES-WMV pick) and ``trace:
 Per cell: N, how many runs ES-WMV stopped before the budget (the method's ``iterations``), the
 iterations run (median, range), the gap oracle - psnr as a paired mean with its 95% Student-t
 interval (the same images on both sides, so this is the interval of the per-image gap), and the
-images with the largest gaps with where each stopped. Rows without those metrics are skipped, so
-the linear table's other methods can be passed along.
+images with the largest gaps with where each stopped. Rows without those metrics (or with nan in
+them: the other methods of a table) are skipped, so whole tables can be passed along.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import statistics
 import sys
@@ -32,8 +33,8 @@ def stop_cases(rows: list[dict]) -> dict[tuple[str, str, str], list[tuple[int, i
     out: dict[tuple[str, str, str], list[tuple[int, int, int, float]]] = defaultdict(list)
     for r in rows:
         m = r["metrics"]
-        if not all(k in m for k in NEEDED):
-            continue
+        if not all(k in m and not math.isnan(m[k]) for k in NEEDED):
+            continue  # another method (its oracle column is nan), or no oracle recorded
         cell = r["cell"]
         budget = int(cell["method"]["params"]["iterations"])
         key = (cell["method"]["label"], cell["task"]["label"], cell["prior"]["label"])
