@@ -9,7 +9,8 @@
 # GPU run one shard per device. The order: the DMPlug convergence
 # study first (it fixes the budget and (W, P) of the DMPlug tables: run benchmarks/tools/pick_wmv.py
 # and set them before going on), then the linear table's slow methods, mnist32, the DMPlug tables
-# (the cost table, ~3.5 CPU-h, before Table 5, ~15 CPU-h).
+# (the cost table, ~3.5 CPU-h, before Table 5: ~10 CPU-h by its first batches; its committed rows
+# ran on one H100 in ~20 minutes, see benchmarks/README.md, --split batches).
 set -euo pipefail
 I=${1:?shard index I}
 N=${2:?number of shards N}
