@@ -190,25 +190,21 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
     todo: list[tuple[Cell, list[int]]] = []
     skipped = 0
     k, m = worker
+    bs = plan.batch_size
     n_batches = 0  # split == "batches": the batches of the whole grid, numbered in order
     for cell in selected:
         ident = plan.cell_identity(cell, resolved)
-        if split == "images":
-            mine = [i for i in range(cell.target) if i % m == k]
+        if split == "images":  # one group per cell, batched after dropping the done units
+            groups = [[i for i in range(cell.target) if i % m == k]]
+        else:  # the grid's fixed batches k, k + m, ...
+            starts = range(0, cell.target, bs)
+            groups = [list(range(s, min(s + bs, cell.target)))
+                      for j, s in enumerate(starts, n_batches) if j % m == k]
+            n_batches += len(starts)
+        for mine in groups:
             left = [i for i in mine if plan.unit_key(cell, i, ident) not in done]
             skipped += len(mine) - len(left)
-            for s in range(0, len(left), plan.batch_size):
-                todo.append((cell, left[s:s + plan.batch_size]))
-            continue
-        for s in range(0, cell.target, plan.batch_size):
-            n_batches += 1
-            if (n_batches - 1) % m != k:
-                continue
-            mine = list(range(s, min(s + plan.batch_size, cell.target)))
-            left = [i for i in mine if plan.unit_key(cell, i, ident) not in done]
-            skipped += len(mine) - len(left)
-            if left:
-                todo.append((cell, left))
+            todo += [(cell, left[s:s + bs]) for s in range(0, len(left), bs)]
     n_todo = sum(len(ix) for _, ix in todo)
     path = record_path(plan.out_dir, plan.name, worker)
     print(f"diffinv bench {plan.name}: {len(selected)} of {len(plan.cells)} cell(s); worker {k}/{m}: "
