@@ -257,3 +257,21 @@ def test_gallery_without_rows_and_bad_requests(tmp_path, fakes):
     for bad in (0, -2, True):
         with pytest.raises(BenchConfigError, match="positive number of images"):
             make_gallery(task, bad, progress=False)
+
+
+def test_true_operator_reference_gets_the_hidden_parameters(tmp_path, fakes):
+    """A method with ``true_operator = true`` is given the blind family's hidden parameters (a
+    labelled reference, e.g. DPS given the true kernel); without it the solver sees none."""
+    tasks = [{"name": "blind-gauss", "operator": "blind-gaussian-blur", "noise": "gaussian:0.05"}]
+    methods = [{"name": "adjoint", "true_operator": True, "label": "adjoint (true kernel)"}]
+    run_benchmark(write_task(tmp_path, methods=methods, tasks=tasks), progress=False)
+    rows = read_records(tmp_path / "out" / "r.jsonl")[0]
+    images = fake_split("fashion32", "test").images
+    for r in rows:
+        i = r["index"]
+        m = measure(images[i:i + 1], make_operator("blind-gaussian-blur"), "gaussian:0.05", 3, [i])
+        x_ref = m.make_operator().adjoint(m.y, **m.true_params) + 0.01 * randn(
+            m.y.shape[1:], image_generators(derived_seed(3, "solver"), [i]))
+        assert r["metrics"]["psnr"] == pytest.approx(float(psnr(x_ref, images[i:i + 1])), abs=1e-4)
+    with pytest.raises(DiffinvError):  # the same solver without the reference flag: no std
+        run_benchmark(write_task(tmp_path / "b", methods=["adjoint"], tasks=tasks), progress=False)

@@ -2,7 +2,8 @@
 
 Grid axes: ``methods`` (solver name + parameters; ``preset = "tuned32"`` fills in the values
 tuned for the task's operator, :mod:`diffinv.solvers.presets`, and the values it sets for
-that operator are part of the row identity), ``tasks`` (an operator and a noise model) and
+that operator are part of the row identity; ``true_operator = true`` makes the method a labelled
+reference that is given a blind family's hidden parameters, see :func:`solver_params`), ``tasks`` (an operator and a noise model) and
 ``priors`` (embedded name, or a table with ``name`` and ``path``). ``[run] dataset =
 "fashion32:test"`` names the images; image ``i`` of a cell is image ``i`` of that split,
 i = 0 .. n_images - 1.
@@ -114,6 +115,20 @@ def _load_prior(ctx: RunContext, prior: Entry) -> Any:
         precision=str(prior.params.get("precision", "fp32"))))
 
 
+TRUE_OPERATOR = "true_operator"
+
+
+def solver_params(method: Entry) -> tuple[dict[str, Any], bool]:
+    """``(solver parameters, true_operator)``: a method entry with ``true_operator = true`` is a
+    labelled *reference* that receives the hidden parameters of a blind family (the true kernel,
+    angle or zoom) as public ones, e.g. DPS given the true kernel beside the blind methods."""
+    params = dict(method.params)
+    known = params.pop(TRUE_OPERATOR, False)
+    if not isinstance(known, bool):
+        raise BenchConfigError(f"method {method.label!r}: {TRUE_OPERATOR} must be true or false")
+    return params, known
+
+
 def validate_entries(cells: Sequence[Cell], skip: tuple[str, ...] = ()) -> None:
     """Build every method, task (operator + noise) and prior source of the grid once, so a bad
     name or parameter fails before any work; axes in ``skip`` are left to the caller."""
@@ -127,7 +142,7 @@ def validate_entries(cells: Sequence[Cell], skip: tuple[str, ...] = ()) -> None:
                 continue
             seen.add(entry.digest)
             if axis == "method":
-                make_solver(entry.name, **entry.params)  # a preset's "*" part and its name
+                make_solver(entry.name, **solver_params(entry)[0])  # a preset's "*" part too
             elif axis == "task":
                 op, params, noise = _task_parts(entry)
                 make_operator(op, **params)
@@ -295,7 +310,8 @@ def restore_batch(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> Restor
     x, labels = _images(ctx, indices)
     op_name, op_params, noise_spec = _task_parts(task)
     op = make_operator(op_name, **op_params).to(ctx.device)
-    solver = _solvers()(method.name, operator=op_name, **method.params)
+    params, known = solver_params(method)
+    solver = _solvers()(method.name, operator=op_name, **params)
 
     m = measure(x, op, noise_spec, ctx.seed, list(indices),
                 domain=str(getattr(prior, "domain", "image")), source=ctx.options["dataset"])
@@ -304,7 +320,12 @@ def restore_batch(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> Restor
     cuda = torch.device(ctx.device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(ctx.device)
-    result = solver(m.y, m.public(), prior, seed=gens,
+    public = m.public()
+    if known:  # a labelled reference: the blind family's hidden parameters made public
+        from dataclasses import replace
+
+        public = replace(public, blind=False, params={**public.params, **m.true_params})
+    result = solver(m.y, public, prior, seed=gens,
                     **_evaluation_kwargs(solver, ctx.metrics, x))
     extra: dict[str, Any] = {"batch_solver_seconds": float(result.seconds),
                              "solver_seed": solver_seed}
