@@ -48,7 +48,11 @@ def fake_solver_registry(name: str, **params):
         z = 0.01 * randn(y.shape[1:], seed)
         base = gain * physics.make_operator().adjoint(y, **physics.params) if name == "adjoint" else y
         x = base + z + batch_shift * y.shape[0]
-        return SimpleNamespace(x=x, nfe=7, seconds=0.25 * y.shape[0], trace={})
+        trace = {}
+        if params.get("delta_kernel"):  # a blind solver's kernel estimate: a 5x5 delta
+            trace["kernel"] = torch.zeros(y.shape[0], 5, 5)
+            trace["kernel"][:, 2, 2] = 1
+        return SimpleNamespace(x=x, nfe=7, seconds=0.25 * y.shape[0], trace=trace)
 
     return solve
 
@@ -275,3 +279,24 @@ def test_true_operator_reference_gets_the_hidden_parameters(tmp_path, fakes):
         assert r["metrics"]["psnr"] == pytest.approx(float(psnr(x_ref, images[i:i + 1])), abs=1e-4)
     with pytest.raises(DiffinvError):  # the same solver without the reference flag: no std
         run_benchmark(write_task(tmp_path / "b", methods=["adjoint"], tasks=tasks), progress=False)
+
+
+def test_kernel_error_column_compares_the_estimate_with_the_hidden_kernel(tmp_path, fakes):
+    from diffinv.metrics.kernels import kernel_mse
+
+    tasks = [{"name": "blind-gauss", "operator": "blind-gaussian-blur", "noise": "gaussian:0.05"}]
+    methods = [{"name": "measured", "delta_kernel": True, "label": "delta"}, "measured"]
+    run_benchmark(write_task(tmp_path, methods=methods, tasks=tasks,
+                             metrics=("psnr", "kernel-mse")), progress=False)
+    rows = read_records(tmp_path / "out" / "r.jsonl")[0]
+    images = fake_split("fashion32", "test").images
+    delta = torch.zeros(1, 5, 5)
+    delta[0, 2, 2] = 1
+    for r in rows:
+        i = r["index"]
+        if r["cell"]["method"]["label"] != "delta":
+            assert r["metrics"]["kernel-mse"] != r["metrics"]["kernel-mse"]  # NaN: no estimate
+            continue
+        m = measure(images[i:i + 1], make_operator("blind-gaussian-blur"), "gaussian:0.05", 3, [i])
+        true = m.make_operator()._kernel(images[i:i + 1], m.true_params)
+        assert r["metrics"]["kernel-mse"] == pytest.approx(float(kernel_mse(delta, true)), rel=1e-6)

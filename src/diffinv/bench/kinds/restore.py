@@ -35,6 +35,8 @@ Two kinds of metric names read the solver's trace instead of scoring ``x_hat``:
   column, a solver whose call takes a ``truth`` keyword (DMPlug) receives ``truth=x``, which it
   uses for evaluation only (its output does not depend on it; ``tests/test_bench_oracle.py``
   checks this). No other solver ever sees ``x``;
+* ``"kernel-mse"``: the MSE between the solver's estimated kernel ``trace["kernel"]`` and the
+  true kernel of a blind blur family, after centring both (:mod:`diffinv.metrics.kernels`);
 * ``"oracle_gap"``: oracle - psnr of the output, image by image (what choosing the iterate with
   the truth would add to the method's result; its mean and interval are those of the paired
   difference, tighter than the two columns' own intervals suggest). Needs the truth as "oracle".
@@ -162,7 +164,7 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
     if split not in SPLITS:
         raise UnknownNameError("split", split, list(SPLITS))
     for m in ctx.metrics:
-        if trace_key(m) is None and m != ORACLE_GAP:
+        if trace_key(m) is None and m not in (ORACLE_GAP, KERNEL_MSE):
             get_metric(m)
     validate_entries(cells)
     n = len(_split(ctx))
@@ -224,6 +226,7 @@ def _score(metric: Any, x_hat: Any, x: Any, labels: Any) -> list[float]:
 
 ORACLE = "oracle"
 ORACLE_GAP = "oracle_gap"
+KERNEL_MSE = "kernel-mse"
 TRACE_PREFIX = "trace:"
 
 
@@ -334,6 +337,23 @@ def restore_batch(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> Restor
     return Restored(x, labels, m, result, extra)
 
 
+def _kernel_error(batch: Restored) -> list[float]:
+    """``kernel-mse`` (:func:`diffinv.metrics.kernels.kernel_mse`) of the solver's
+    ``trace["kernel"]`` against the true kernel of a blur family; NaN when the solver estimates
+    no kernel or the operator is not a kernel blur."""
+    from diffinv.metrics.kernels import kernel_mse
+
+    n = batch.x.shape[0]
+    est = batch.result.trace.get("kernel")
+    m = batch.measurement
+    op = m.make_operator()
+    if est is None or not hasattr(op, "_kernel"):
+        return [float("nan")] * n
+    params = {**m.params, **m.true_params}
+    true = op._kernel(batch.x, params).expand(n, -1, -1)
+    return [float(v) for v in kernel_mse(est.detach().cpu(), true.detach().cpu())]
+
+
 def score_batch(ctx: RunContext, batch: Restored) -> dict[str, list[float]]:
     """Step 4: every metric of the run, one value per image."""
     from diffinv.metrics import get_metric
@@ -341,6 +361,8 @@ def score_batch(ctx: RunContext, batch: Restored) -> dict[str, list[float]]:
     n = batch.x.shape[0]
 
     def column(name: str) -> list[float]:
+        if name == KERNEL_MSE:
+            return _kernel_error(batch)
         if name == ORACLE_GAP:
             oracle = _from_trace(batch.result.trace, "oracle_psnr", n)
             out = _score(get_metric("psnr"), batch.result.x, batch.x, batch.labels)
