@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from diffinv.errors import DiffinvError, IntegrityError, ShapeError, UnknownNameError
-from diffinv.learn.encoder import ContrastiveEncoder, EncoderConfig, load_encoder, save_encoder
+from diffinv.learn.encoder import ContrastiveEncoder, EncoderConfig, load_encoder
 from diffinv.learn.measurements import parse_families, random_measurements
 from diffinv.learn.moco import (
     LikelihoodConfig,

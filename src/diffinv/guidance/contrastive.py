@@ -79,7 +79,7 @@ def to_patches(u: Tensor, patch: int, stride: int) -> Tensor:
     B, C, H, W = u.shape
     patch_grid(H, patch, stride)
     patch_grid(W, patch, stride)
-    if H == patch and W == patch:
+    if patch == H and patch == W:
         return u[:, None]
     cols = F.unfold(u, patch, stride=stride)                       # (B, C p p, P)
     return cols.transpose(1, 2).reshape(B, -1, C, patch, patch)

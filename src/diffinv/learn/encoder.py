@@ -8,18 +8,18 @@ measured from ``x`` and small otherwise, which makes ``<f(y), f(x)>/tau`` a surr
 
 Architecture (ours, sized for 32x32 on a CPU; the snapshot uses a wide_resnet50_2 on 64x64
 patches of FFHQ, methods.md 6.2): a 3x3 stem, three stages of pre-activation residual blocks of
-widths ``(w, 2w, 4w)`` with strides ``(1, 2, 2)``, GroupNorm inside the blocks instead of BatchNorm (a single process
-cannot shuffle BatchNorm statistics across devices as MoCo does to stop the batch statistics
-leaking the positive key; GroupNorm has no batch statistics at all), SiLU; global average pooling
-and a two-layer MLP projection to ``dim`` with BatchNorm after each linear layer (as the SimCLR and
-MoCo-v3 heads). The BatchNorms matter: without them the untrained network maps every image to
-nearly the same direction (cosine 0.996 between images) and MoCo collapses (the loss climbs to
-``log(1 + K)``, every embedding equal). They use batch statistics only in the query encoder during
-training; the key encoder runs in evaluation mode (running statistics, copied from the query
-encoder) so that no batch statistic can leak the positive key, and in use (evaluation mode) the
-encoder is a fixed per-image function: batching never changes a result. The optional intensity head (the paper's colour-consistency head, one channel here) is a
-1x1-convolution MLP on the last feature map predicting the 4x4-average-pooled clean image from
-the measurement's features.
+widths ``(w, 2w, 4w)`` with strides ``(1, 2, 2)``, GroupNorm inside the blocks, SiLU; global
+average pooling and a two-layer MLP projection to ``dim`` with BatchNorm after each linear layer
+(as the SimCLR and MoCo-v3 heads). The head's BatchNorms matter: without them the untrained
+network maps every image to nearly the same direction (cosine 0.996 between images) and MoCo
+collapses (the loss climbs to ``log(1 + K)``, every embedding equal). In training both encoders
+use their own batch's statistics (queries: one measurement per image; keys: J noisy copies per
+image), without MoCo's shuffling across devices, so a batch statistic could in principle leak
+which key is positive; the check that none did is the retrieval accuracy of the card, computed in
+evaluation mode (running statistics), where the encoder is a fixed per-image function and
+batching never changes a result. The optional intensity head (the paper's colour-consistency
+head, one channel here) is a 1x1-convolution MLP on the last feature map predicting the
+4x4-average-pooled clean image from the measurement's features.
 
 The network is saved with its configuration (:func:`save_encoder`, safetensors; the card is a
 JSON file beside it) and loaded with :func:`load_encoder`, which refuses truncated or foreign
@@ -109,7 +109,8 @@ class ContrastiveEncoder(nn.Module):
         self.feat_channels = cin
         self.head = nn.Sequential(nn.Linear(cin, cin), nn.BatchNorm1d(cin), nn.SiLU(),
                                   nn.Linear(cin, cfg.dim), nn.BatchNorm1d(cfg.dim, affine=False))
-        self.intensity_net = (nn.Sequential(nn.Conv2d(cin, cin, 1), nn.SiLU(), nn.Conv2d(cin, cfg.in_channels, 1))
+        self.intensity_net = (nn.Sequential(nn.Conv2d(cin, cin, 1), nn.SiLU(),
+                                            nn.Conv2d(cin, cfg.in_channels, 1))
                               if cfg.intensity_head else None)
 
     def check_input(self, u: Tensor) -> None:
