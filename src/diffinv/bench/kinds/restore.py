@@ -4,9 +4,9 @@ Grid axes: ``methods`` (solver name + parameters; ``preset = "tuned32"`` fills i
 tuned for the task's operator, :mod:`diffinv.solvers.presets`, and the values it sets for
 that operator are part of the row identity; ``true_operator = true`` makes the method a labelled
 reference that is given a blind family's hidden parameters, see :func:`solver_params`),
-``tasks`` (an operator and a noise model) and ``priors`` (embedded name, or a table with ``name`` and ``path``). ``[run] dataset =
-"fashion32:test"`` names the images; image ``i`` of a cell is image ``i`` of that split,
-i = 0 .. n_images - 1.
+``tasks`` (an operator and a noise model) and ``priors`` (embedded name, or a table with
+``name`` and ``path``). ``[run] dataset = "fashion32:test"`` names the images; image ``i`` of a
+cell is image ``i`` of that split, i = 0 .. n_images - 1.
 
 For a batch of image indices I of a cell (method M, task T, prior P):
 
