@@ -321,7 +321,7 @@ def export_likelihood(ckpt: str | Path, path: str | Path, *, valid: Tensor | Non
     """Write the shipped file (both encoders, safetensors) and its card: command, steps, wall
     time, machine, and the retrieval accuracy on ``valid`` (validation images) when given."""
     query, key, state = load_trained(ckpt)
-    cfg = json.loads(state["config"])
+    cfg = asdict(LikelihoodConfig(**json.loads(state["config"])))  # defaults for newer fields
     card = {"prior": prior or cfg["dataset"], "trained_on": f"{cfg['dataset']}:train",
             "families": list(cfg["families"]), "steps": int(state["step"]),
             "wall_time_s": round(float(state.get("seconds", 0.0)), 1),
