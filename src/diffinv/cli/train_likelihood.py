@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
 HELP = "train or resume CL-DPS's contrastive (MoCo) likelihood encoder on random blind measurements"
 
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoint: {ckpt}")
     if args.export:
         valid = load_split(args.prior, "valid").images[:1000]
-        command = "diffinv " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = "diffinv " + " ".join(shlex.quote(a) for a in args.argv)
         path = export_likelihood(ckpt, args.export if args.export.endswith(".safetensors")
                                  else args.export + ".safetensors", valid=valid,
                                  command=command, prior=args.prior)
