@@ -89,6 +89,7 @@ def tiny(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("davi")
     prior = load_prior(make_tiny_prior(d / "p0", size=16))
+    prior.path = str(d / "p0" / "export" / "toy.safetensors")
     other = load_prior(make_tiny_prior(d / "p1", size=16, seed=1))
     g = torch.Generator().manual_seed(0)
     # +-1 patterns (4x4 blocks): far from tanh(y), so an untrained generator is inconsistent
@@ -276,3 +277,26 @@ def test_lift_measurement():
                        params["mask"] * yb)
     with pytest.raises(DiffinvError, match="phase-retrieval"):
         lift_measurement("phase-retrieval", None, y, {}, (1, 8, 8))
+
+
+def test_cli_solve_with_davi_and_train_davi_help(tiny, generator, tmp_path, capsys):
+    import json
+
+    from diffinv.cli import main
+    from diffinv.physics import save_measurement
+
+    _, prior, _, data = tiny
+    save_measurement(_measure("gaussian-blur", data[:2]), tmp_path / "m")
+    code = main(["solve", str(tmp_path / "m"), "--solver", "davi", "--prior", prior.path,
+                 "-p", f"generator={generator}", "--preset", "none", "-o", str(tmp_path / "o"),
+                 "--no-progress"])
+    assert code == 0
+    info = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert info["nfe"] == 1 and len(info["psnr"]) == 2
+    save_measurement(_measure("inpaint-random", data[:2]), tmp_path / "m2")
+    code = main(["solve", str(tmp_path / "m2"), "--solver", "davi", "--prior", prior.path,
+                 "-p", f"generator={generator}", "-o", str(tmp_path / "o2")])
+    assert code == 1 and "'gaussian-blur'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train-davi", "--help"])
+    assert e.value.code == 0 and "--kl-schedule" in capsys.readouterr().out

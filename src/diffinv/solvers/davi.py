@@ -84,7 +84,7 @@ def check_match(card: dict[str, Any], op_name: str, op_config: dict[str, Any], p
         raise DiffinvError(f"{who} was trained for operator {card['task']!r} but the measurement "
                            f"is {op_name!r}; train one with `diffinv train-davi`")
     if _norm(card["operator_config"]) != _norm(op_config):
-        raise DiffinvError(f"{who} was trained for {op_name} with settings "
+        raise DiffinvError(f"{who} was trained for {card['task']} with settings "
                            f"{card['operator_config']}, but the measurement's are {op_config}")
     if list(card["image_shape"]) != shape:
         raise DiffinvError(f"{who} was trained on images {card['image_shape']} but the "
