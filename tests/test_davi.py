@@ -111,22 +111,30 @@ def _changed(m: nn.Module, before: list[torch.Tensor]) -> bool:
     return any(not torch.equal(p, q) for p, q in zip(m.parameters(), before, strict=True))
 
 
-def test_alternating_steps_change_only_their_networks(tiny):
+@pytest.mark.parametrize("gan", [False, True])
+def test_alternating_steps_change_only_their_networks(tiny, gan):
     d, prior, _, data = tiny
-    run = Davi(_cfg(d / "alt"), prior, torch.device("cpu"))
+    run = Davi(_cfg(d / "alt", gan=gan), prior, torch.device("cpu"))
     b = run.draw(data, 0)
-    snaps = {k: _snapshot(getattr(run, k)) for k in ("generator", "student", "teacher")}
+    nets = ("generator", "student", "teacher") + (("disc",) if gan else ())
+    snaps = {k: _snapshot(getattr(run, k)) for k in nets}
     ema = _snapshot(run.ema.model)
     run.student_step(b)
     assert _changed(run.student, snaps["student"])
     assert not _changed(run.generator, snaps["generator"])
     assert not _changed(run.teacher, snaps["teacher"])
+    if gan:
+        assert _changed(run.disc, snaps["disc"])
+        snaps["disc"] = _snapshot(run.disc)
     snaps["student"] = _snapshot(run.student)
-    run.generator_step(b)
+    logs = run.generator_step(b)
     assert _changed(run.generator, snaps["generator"])
     assert _changed(run.ema.model, ema)
     assert not _changed(run.student, snaps["student"])
     assert not _changed(run.teacher, snaps["teacher"])
+    if gan:
+        assert not _changed(run.disc, snaps["disc"])
+        assert 0.01 <= logs["gan_weight"] <= 10
 
 
 def test_generator_gradient_of_the_ikl_term(tiny):

@@ -169,7 +169,11 @@ class Davi:
             from diffinv.learn.davi_patchgan import PatchDiscriminator
 
             torch.manual_seed(self.cfg.seed)
-            self.disc = PatchDiscriminator(self.image_shape[0]).to(device)
+            # official 3 layers (70 px receptive field, already wider than a 32x32 image);
+            # fewer on smaller images, where 3 stride-2 layers leave no 4x4 patch
+            size = min(self.image_shape[-2:])
+            layers = max(1, min(3, size.bit_length() - 3))
+            self.disc = PatchDiscriminator(self.image_shape[0], n_layers=layers).to(device)
             self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=self.cfg.d_lr,
                                            weight_decay=0.0)
         # what phase A/B call with gradients (DDP wrappers under torchrun)
