@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -378,6 +377,8 @@ def train_davi(cfg: DaviConfig, *, prior: Any = None, data: Tensor | None = None
                          "config": json.dumps(asdict(run.cfg)), "prior_sha256": prior.sha256,
                          "prior_name": prior.name, "operator": run.op_name,
                          "operator_config": json.dumps(run.operator.config()),
+                         "device": str(dev), "world_size": ddp.world,
+                         "threads": torch.get_num_threads(),
                          "image_shape": torch.tensor(run.image_shape)}, ckpt_path)
 
     with stop_requests() as stop:
@@ -441,6 +442,7 @@ def export_davi(ckpt: str | Path, out_dir: str | Path, name: str | None = None, 
     from safetensors.torch import save_file
 
     from diffinv.assets import sha256_file
+    from diffinv.bench.machine import machine_info
 
     ckpt = Path(ckpt)
     state = load_checkpoint(ckpt)
@@ -465,7 +467,9 @@ def export_davi(ckpt: str | Path, out_dir: str | Path, name: str | None = None, 
         "steps": int(state["step"]), "wall_seconds": round(float(state.get("seconds", 0.0)), 1),
         "loss_summary": loss_summary(log) if log.is_file() else {},
         "sha256": sha256_file(path), "torch": torch.__version__,
-        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "machine": {**machine_info(str(state.get("device", "cpu"))),
+                    "world_size": int(state.get("world_size", 1)),
+                    "threads": int(state.get("threads", 1))},  # the training's torch threads
         **(extra or {}),
     }
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
