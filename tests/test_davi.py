@@ -308,3 +308,12 @@ def test_cli_solve_with_davi_and_train_davi_help(tiny, generator, tmp_path, caps
     with pytest.raises(SystemExit) as e:
         main(["train-davi", "--help"])
     assert e.value.code == 0 and "--kl-schedule" in capsys.readouterr().out
+
+
+def test_kl_branch_uses_the_teachers_schedule_unless_official(tiny):
+    d, prior, _, _ = tiny
+    assert Davi(_cfg(d / "k1"), prior, torch.device("cpu")).kl is prior.schedule
+    official = Davi(_cfg(d / "k2", kl_schedule="i2sb"), prior, torch.device("cpu")).kl
+    assert float(official.alpha_bar[399]) == pytest.approx(0.539, abs=1e-3)
+    with pytest.raises(DiffinvError, match="KL schedule"):
+        DaviConfig(kl_schedule="cosine").resolved()

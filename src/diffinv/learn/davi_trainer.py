@@ -270,13 +270,15 @@ class Davi:
 
     def generator_step(self, b: Batch) -> dict[str, float]:
         """Phase B: one step of ``I_phi`` with ``eps_psi`` (and the teacher) frozen; EMA update."""
-        loss, logs = self.generator_losses(b)
-        if self.disc is not None:
+        if self.disc is not None:  # the discriminator is frozen in phase B
             self.disc.requires_grad_(False)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.disc is not None:
-            self.disc.requires_grad_(True)
+        try:
+            loss, logs = self.generator_losses(b)
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+        finally:
+            if self.disc is not None:
+                self.disc.requires_grad_(True)
         self.opt_g.step()
         self.student.zero_grad(set_to_none=True)  # no stale gradients reach the next phase A
         self.ema.update(self.generator)
