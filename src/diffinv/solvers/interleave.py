@@ -104,6 +104,14 @@ class Interleaved(Solver):
         """Return ``x_{t_prev}`` from the unconditional proposal ``step.x_prev``."""
         raise NotImplementedError
 
+    def unpack(self, y: Tensor, physics: Any, prior: Any) -> Problem:
+        """The problem ``physics`` describes (blind methods override this: see FastEM)."""
+        return unpack(self, y, physics, prior)
+
+    def outputs(self, ctx: Context) -> dict[str, Any]:
+        """Extra entries for the trace at the end of the run (e.g. an estimated kernel)."""
+        return {}
+
     # -- the loop ----------------------------------------------------------------------------
     def _rows(self, prior: Any) -> tuple[Any, list[tuple[int, int, int]]]:
         """(working prior, [(row, t, t_prev)]) where ``row`` indexes the working schedule."""
@@ -121,7 +129,7 @@ class Interleaved(Solver):
 
     def solve(self, y: Tensor, physics: Any, prior: Any,
               generators: Sequence[torch.Generator]) -> tuple[Tensor, dict[str, Any]]:
-        problem = unpack(self, y, physics, prior)
+        problem = self.unpack(y, physics, prior)
         ctx = Context(y=y, problem=problem, prior=prior)
         self.prepare(ctx)
         work, plan = self._rows(prior)
@@ -163,6 +171,7 @@ class Interleaved(Solver):
                 prior._nfe += work.nfe  # count the respaced prior's network calls
         trace["backward_nfe"] = ctx.backward_nfe
         trace.update({k: v for k, v in ctx.data.items() if k.startswith("log_")})
+        trace.update(self.outputs(ctx))
         return x, trace
 
 
