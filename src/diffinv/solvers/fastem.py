@@ -62,11 +62,13 @@ BETA_32 = 1e5 / 64
 
 
 def normalize_kernel(k: Tensor) -> Tensor:
-    """Clip at 0 and scale to sum 1 per kernel (``(B, s, s)``); an all-zero kernel -> delta."""
-    k = k.clamp_min(0)
+    """Clip at 0 and scale to sum 1 per kernel (``(B, s, s)``); an all-zero kernel -> delta
+    (a NaN stays NaN, for the divergence check)."""
+    k = torch.where(k.isnan(), k, k.clamp_min(0))
     s = k.flatten(1).sum(1)[:, None, None]
-    return torch.where(s > 0, k / torch.where(s > 0, s, torch.ones_like(s)),
-                       delta_kernel(k.shape[0], k.shape[-1], device=k.device, dtype=k.dtype))
+    return torch.where(s == 0, delta_kernel(k.shape[0], k.shape[-1], device=k.device,
+                                            dtype=k.dtype),
+                       k / torch.where(s > 0, s, torch.ones_like(s)))
 
 
 def crop_periodic(full: Tensor, size: int) -> Tensor:
