@@ -29,13 +29,13 @@ def kprior():
 def test_recovers_the_kernel(kprior, family, which):
     prior, x = oracle_prior(which)
     m = blind_measurement(x, family, first=which)
-    solve = make_solver("blind-dps", kernel_prior=kprior, steps=100, reg_weight=0)
+    solve = make_solver("blind-dps", kernel_prior=kprior, steps=100)
     r = solve(m.y, m.public(), prior, seed=0)
     k = r.trace["kernel"]
     assert k.shape == (1, 9, 9) and (k >= 0).all()
     assert torch.allclose(k.sum((1, 2)), torch.ones(1), atol=1e-5)
     err = kernel_mse(k, m)
-    unguided = make_solver("blind-dps", kernel_prior=kprior, steps=100, scale=0)(
+    unguided = make_solver("blind-dps", kernel_prior=kprior, steps=100, scale=0, kernel_scale=0)(
         m.y, m.public(), prior, seed=0)
     assert err < 5e-5 and err < 0.3 * kernel_mse(unguided.trace["kernel"], m), err
     assert (r.x - x).abs().mean() < 0.05

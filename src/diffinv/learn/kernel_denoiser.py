@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from importlib import resources
@@ -166,6 +165,7 @@ def export(ckpt: Path, out_dir: Path, name: str, command: str) -> Path:
     from safetensors.torch import save_file
 
     from diffinv.assets import sha256_file
+    from diffinv.bench.machine import cpu_model
     from diffinv.learn.checkpoint import load_checkpoint
 
     state = load_checkpoint(ckpt)
@@ -178,8 +178,8 @@ def export(ckpt: Path, out_dir: Path, name: str, command: str) -> Path:
         "trained_on": f"{cfg['dataset']}:train", "noise": f"sigma ~ U(0, {cfg['sigma_max']})",
         "steps": int(state["step"]), "batch": cfg["batch"], "lr": cfg["lr"], "seed": cfg["seed"],
         "wall_seconds": round(float(state["wall"]), 1), "command": command,
-        "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "sha256": sha256_file(path),
+        "machine": cpu_model(), "torch": torch.__version__,
+        "sha256": sha256_file(path),
     }
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     return path
