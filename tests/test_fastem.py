@@ -3,7 +3,7 @@ bad input.
 
 Recovery (tests/blind_problem.py: the image prior all but knows the 16x16 image): 20 steps with
 the shipped ``kernel_dncnn9`` denoiser bring the kernel MSE from the delta start's (> 1e-2) to
-< 1e-3 (observed 1e-5 .. 3e-4).
+< 1e-3 (observed 2e-6 and 1.6e-4).
 """
 
 from __future__ import annotations
