@@ -36,9 +36,9 @@ code's effective behaviour.
 
 Scaled to 32x32 (our choices): a 9x9 kernel on a 12x12 canvas (the official prior is 64x64 for
 256x256 images); the blur is the blind family's (circular in the benchmarks; the official code
-uses zero padding and cross-correlation at 64x64). Deviations: the variances are our priors'
-(fixed small; the official priors learn them); ``steps < 1000`` respaces both chains (an
-extension for tests; the method runs 1000 steps).
+uses zero padding and cross-correlation at 64x64). Deviations: the variances are the priors'
+own (ours fixed small; a learned range is used when a prior has one); ``steps < 1000`` respaces
+both chains (an extension for tests; the method runs 1000 steps).
 """
 
 from __future__ import annotations
@@ -146,12 +146,16 @@ class BlindDPS(Solver):
                 x_in = x.detach().requires_grad_(True)
                 k_in = k.detach().requires_grad_(True)
                 with torch.enable_grad():
-                    x0 = work.x0_from_eps(x_in, row, work.net_out(x_in, row)[0])
-                    c0 = kwork.x0_from_eps(k_in, row, kwork.net_out(k_in, row)[0])
+                    eps, v = work.net_out(x_in, row)
+                    ceps, cv = kwork.net_out(k_in, row)
+                    x0 = work.x0_from_eps(x_in, row, eps)
+                    c0 = kwork.x0_from_eps(k_in, row, ceps)
                     check_finite(self.name, x0.detach(), x, i, t, trace)
                     check_kernel_finite(self.name, c0.detach(), x, k, i, t, trace)
-                    x_prev = self._ancestral(work, x_in.detach(), x0.detach(), row, generators)
-                    k_prev = self._ancestral(kwork, k_in.detach(), c0.detach(), row, generators)
+                    x_prev = self._ancestral(work, x_in.detach(), x0.detach(), v, row,
+                                             generators)
+                    k_prev = self._ancestral(kwork, k_in.detach(), c0.detach(), cv, row,
+                                             generators)
                     kernel = image_to_kernel(c0, size)
                     res = (y - blur(x0, kernel, boundary)).flatten(1).norm(dim=1)
                     loss = res.sum()
@@ -178,10 +182,12 @@ class BlindDPS(Solver):
         return x, trace
 
     @staticmethod
-    def _ancestral(work: Any, x_t: Tensor, x0: Tensor, row: int,
+    def _ancestral(work: Any, x_t: Tensor, x0: Tensor, v: Tensor | None, row: int,
                    generators: Sequence[torch.Generator]) -> Tensor:
+        """The DDPM step from row ``row`` (the prior's variance; learned range from ``v``)."""
         mean = work.posterior_mean(x0, x_t, row)
         if row == 0:
             return mean
         z = randn(x_t.shape[1:], generators, device=x_t.device, dtype=x_t.dtype)
-        return mean + (0.5 * work.posterior_log_variance(x_t, row)).exp() * z
+        logvar = work.posterior_log_variance(x_t, row, None if v is None else v.detach())
+        return mean + (0.5 * logvar).exp() * z
