@@ -36,7 +36,8 @@ Scaling by the pixel count and sigma alone gives 4.8e-10, which barely moves the
 ``lr = 1e-8`` (``lr`` x curvature ~ 0.3) was chosen on fashion32 validation images
 (``benchmarks/tools/blind_diffusion_valid.py``: 22.7 dB); ``3e-8`` (~1) diverged on one image.
 ``gamma`` is kept: the bias it puts on an entry relative to the entry's size (``gamma`` /
-curvature vs 1/81) is about the official one (vs 1/4096). The loss uses the measurement's sigma_y.
+curvature vs 1/81) is about the official one (vs 1/4096), and on validation gamma 0 / 1000 /
+10000 gave 18.6 / 20.8 / 20.0 dB. The loss uses the measurement's sigma_y.
 
 Deviations: only circular blur (the families' benchmark boundary; the code's ``same_interp``
 mode, which fills the border of ``y`` with the blurred ``x0`` to fake a larger periodic domain, is
