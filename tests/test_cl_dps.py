@@ -239,7 +239,7 @@ def _unconditional(sampler, steps, gaussian_problem, n=64, spacing="uniform"):
     class Plain(Interleaved):
         name = "plain"
 
-        def problem(self, y, physics, prior):
+        def unpack(self, y, physics, prior):
             from diffinv.solvers._common import Problem
 
             return Problem(None, {}, None, (y.shape[0], *prior.image_shape))

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "holds a checkpoint resumes where it stopped. Launch with `torchrun "
         "--nproc_per_node N -m diffinv.cli train-prior ...` for data parallelism.",
     )
-    p.add_argument("--dataset", default="fashion32", help="mnist32 or fashion32 (train split)")
+    p.add_argument("--dataset", default="fashion32", help="mnist32, fashion32 or kernels9 (train split)")
     p.add_argument(
         "--out", required=True, help="run folder (checkpoint.pt, train_log.jsonl, config.json)"
     )

@@ -55,9 +55,12 @@ _ALIASES = {"mnist": "mnist32", "fashion": "fashion32", "fashion-mnist": "fashio
 
 
 def canonical_name(dataset: str) -> str:
+    from diffinv.data.kernels import KERNEL_SETS
+
     name = _ALIASES.get(dataset, dataset)
-    if name not in _LOADERS:
-        raise UnknownNameError("data set", dataset, list(_LOADERS) + list(_ALIASES))
+    if name not in _LOADERS and name not in KERNEL_SETS:
+        raise UnknownNameError("data set", dataset,
+                               list(_LOADERS) + list(KERNEL_SETS) + list(_ALIASES))
     return name
 
 
@@ -99,10 +102,16 @@ def _cached_uint8(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def load_split(dataset: str, split: str) -> ImageSet:
-    """Load ``split`` ("train", "valid", "test") of ``dataset`` ("mnist32", "fashion32")."""
+    """Load ``split`` ("train", "valid", "test") of ``dataset`` ("mnist32", "fashion32", or a
+    generated kernel set such as "kernels9", whose labels are 0 motion / 1 Gaussian: see
+    :mod:`diffinv.data.kernels`)."""
     name = canonical_name(dataset)
     if split not in SPLITS:
         raise UnknownNameError("split", split, list(SPLITS))
+    from diffinv.data.kernels import KERNEL_SETS, load_kernel_split
+
+    if name in KERNEL_SETS:
+        return ImageSet(name, split, *load_kernel_split(name, split))
     x, y = _cached_uint8(name)[split]
     return ImageSet(name, split, to_frame(x), torch.from_numpy(np.asarray(y, dtype=np.int64)))
 

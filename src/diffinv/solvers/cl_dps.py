@@ -83,7 +83,7 @@ class CLDPS(Interleaved):
         self.intensity_weight = float(intensity_weight)
         self.progress = progress
 
-    def problem(self, y: Tensor, physics: Any, prior: Any) -> Problem:
+    def unpack(self, y: Tensor, physics: Any, prior: Any) -> Problem:
         """Only ``y`` is read: it must be an image of the prior's shape (the encoder compares
         ``y`` with images); the operator, its parameters and the noise model are not used."""
         if not isinstance(y, Tensor) or y.ndim != 4:

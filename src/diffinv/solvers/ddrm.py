@@ -67,18 +67,23 @@ def ddrm_init(yb: Tensor, s: Tensor, sigma_T: float, sigma_y: float, z: Tensor) 
 
 
 def ddrm_update(c: Tensor, x0: Tensor, yb: Tensor, s: Tensor, sigma_t: float, sigma_next: float,
-                sigma_y: float, eta: float, eta_b: float, z: Tensor) -> Tensor:
+                sigma_y: float, eta: float, eta_b: float, z: Tensor,
+                eta_obs: float | None = None) -> Tensor:
     """One DDRM transition of the coefficients (see the module docstring); ``c``, ``x0``, ``z``
-    are ``(B, n)``, ``yb`` and ``s`` ``(B or 1, m)``."""
+    are ``(B, n)``, ``yb`` and ``s`` ``(B or 1, m)``. ``eta_obs`` (default ``eta``) is the eta of
+    the observed coordinates less noisy than ``y`` (GibbsDDRM sets it apart from the null
+    space's)."""
     m = s.shape[1]
     k = (1 - eta ** 2) ** 0.5
+    eta_o = eta if eta_obs is None else eta_obs
+    k_o = (1 - eta_o ** 2) ** 0.5
     # null space (s = 0, including the coordinates beyond m)
     null = x0 + k * sigma_next * (c - x0) / sigma_t + eta * sigma_next * z
     x_h, z_h = x0[:, :m], z[:, :m]
     s = s.expand_as(x_h)
     yb = yb.expand_as(x_h)
     level = _safe_div(torch.full_like(s, sigma_y), s)  # sigma_y / s_i (0 where s = 0)
-    less = x_h + k * sigma_next * _safe_div(yb - x_h, level) + eta * sigma_next * z_h
+    less = x_h + k_o * sigma_next * _safe_div(yb - x_h, level) + eta_o * sigma_next * z_h
     var = (sigma_next ** 2 - eta_b ** 2 * level ** 2).clamp_min(0)
     more = (1 - eta_b) * x_h + eta_b * yb + var.sqrt() * z_h
     head = torch.where(s > 0, torch.where(sigma_next < level, less, more), null[:, :m])

@@ -120,10 +120,15 @@ class Interleaved(Solver):
         """Return ``x_{t_prev}`` from the unconditional proposal ``step.x_prev``."""
         raise NotImplementedError
 
-    def problem(self, y: Tensor, physics: Any, prior: Any) -> Problem:
+    def unpack(self, y: Tensor, physics: Any, prior: Any) -> Problem:
         """What the method reads from the measurement (default: the operator, its parameters and
-        the noise model, :func:`~diffinv.solvers._common.unpack`)."""
+        the noise model, :func:`~diffinv.solvers._common.unpack`). Blind methods (FastEM) and
+        CL-DPS, which reads ``y`` alone, override it."""
         return unpack(self, y, physics, prior)
+
+    def outputs(self, ctx: Context) -> dict[str, Any]:
+        """Extra entries for the trace at the end of the run (e.g. an estimated kernel)."""
+        return {}
 
     # -- the loop ----------------------------------------------------------------------------
     def _rows(self, prior: Any) -> tuple[Any, list[tuple[int, int, int]]]:
@@ -143,7 +148,7 @@ class Interleaved(Solver):
 
     def solve(self, y: Tensor, physics: Any, prior: Any,
               generators: Sequence[torch.Generator]) -> tuple[Tensor, dict[str, Any]]:
-        problem = self.problem(y, physics, prior)
+        problem = self.unpack(y, physics, prior)
         ctx = Context(y=y, problem=problem, prior=prior)
         self.prepare(ctx)
         work, plan = self._rows(prior)
@@ -190,6 +195,7 @@ class Interleaved(Solver):
                 prior._nfe += work.nfe  # count the respaced prior's network calls
         trace["backward_nfe"] = ctx.backward_nfe
         trace.update({k: v for k, v in ctx.data.items() if k.startswith("log_")})
+        trace.update(self.outputs(ctx))
         return x, trace
 
 
