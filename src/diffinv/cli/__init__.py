@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "diffinv.cli.measure",
     "diffinv.cli.solve",
     "diffinv.cli.train_prior",
+    "diffinv.cli.train_deblur_net",
     "diffinv.cli.bench",
 ]
 
