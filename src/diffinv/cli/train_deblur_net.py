@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from diffinv.data import canonical_name
-    from diffinv.learn.deblur_trainer import (DeblurTrainConfig, export_deblur_net,
-                                              train_deblur_net)
+    from diffinv.learn.deblur_trainer import DeblurTrainConfig, export_deblur_net, train_deblur_net
 
     if args.threads:
         torch.set_num_threads(args.threads)
