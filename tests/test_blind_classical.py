@@ -2,12 +2,14 @@
 
 Kernel recovery is checked on piecewise-constant synthetic images (blocks of random grey levels
 and a bright disc: sharp edges in every direction, which both methods' priors favour) blurred by
-known random-trajectory motion kernels with little noise (sigma 0.005 in [-1, 1] units). The bound
-is relative to the problem: the centred kernel MSE of the estimate must be a fraction of that of
-the "no blur" guess (a delta kernel), which is also about the error of the near-uniform kernel
-SelfDeblur starts from. Observed (this CPU): Pan-L0 1.1e-4 and 7.7e-5 against 9.7e-3 and 9.5e-3
-for the delta (ratio <= 0.011; bound 0.05); SelfDeblur at 16x16 with a 5x5 kernel, 16 channels,
-300 iterations: 2.5e-3 against 2.6e-2 (ratio 0.10; bound 0.25).
+known random-trajectory motion kernels with little noise (sigma 0.005 in [-1, 1] units). The
+bounds are relative to the problem: the centred kernel MSE of the estimate must be a fraction of
+that of the "no blur" guess (a delta kernel) and, for SelfDeblur, of its starting kernel.
+Observed (this CPU): Pan-L0 1.1e-4 and 7.7e-5 against 9.7e-3 and 9.5e-3 for the delta (ratio
+<= 0.011; bound 0.05). SelfDeblur at 16x16 with a 5x5 kernel, 16 channels, 300 iterations and a
+kernel learning rate of 1e-3 (the paper's 1e-4 moves G_k too slowly for a short test: 2.6e-3 after
+1000 iterations): 1.1e-3 against 2.6e-2 for the delta (bound 0.1x) and 4.3e-3 for the near-uniform
+kernel G_k starts from (bound 0.4x; a G_k that never learns stays there).
 """
 
 from __future__ import annotations
@@ -157,11 +159,14 @@ def small_problem():
 
 def test_selfdeblur_recovers_a_known_kernel(small_problem):
     x, k, m = small_problem
-    r = make_solver("selfdeblur", iterations=300, **SMALL)(m.y, m.public(), NoPrior(), seed=0)
+    r = make_solver("selfdeblur", iterations=300, lr_k=1e-3, **SMALL)(m.y, m.public(), NoPrior(),
+                                                                       seed=0)
     est = r.trace["kernel"]
     assert est.shape == (1, 5, 5) and torch.allclose(est.sum(), torch.tensor(1.0), atol=1e-5)
     err = centred_kernel_mse(est, k)
-    assert (err < 0.25 * centred_kernel_mse(delta(1, 5), k)).all(), err
+    start = centred_kernel_mse(torch.full((1, 5, 5), 1 / 25), k)  # G_k starts near uniform
+    assert (err < 0.1 * centred_kernel_mse(delta(1, 5), k)).all(), err
+    assert (err < 0.4 * start).all(), (err, start)
     assert r.x.shape == x.shape and r.nfe == 0
     assert r.trace["loss"].shape[1] == 1 and r.trace["loss"][-1, 0] < r.trace["loss"][0, 0]
 
