@@ -9,8 +9,14 @@ import torch
 
 from diffinv.errors import DiffinvError, IntegrityError, ShapeError
 from diffinv.learn.deblur_net import DeblurUNet
-from diffinv.learn.deblur_trainer import (BLIND_FAMILIES, DeblurTrainConfig, _ops,
-                                          export_deblur_net, make_pairs, train_deblur_net)
+from diffinv.learn.deblur_trainer import (
+    BLIND_FAMILIES,
+    DeblurTrainConfig,
+    _ops,
+    export_deblur_net,
+    make_pairs,
+    train_deblur_net,
+)
 from diffinv.physics import measure
 from diffinv.solvers import make_solver
 
