@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from diffinv.solvers import make_solver
 
     torch.set_num_threads(args.threads)
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows_path = out.with_suffix(".jsonl")
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 r = solver(m.y[i:i + 1], public, prior, seed=image_generators(args.seed, [i]))
                 secs = time.perf_counter() - t0
                 row = {"method": method, "family": fam, "index": i, "split": "fashion32:valid",
+                       "command": command,
                        "seed": args.seed, "noise": args.noise,
                        "psnr": float(psnr(r.x, x[i:i + 1])[0]),
                        "psnr_y": float(psnr(m.y[i:i + 1], x[i:i + 1])[0]), "seconds": secs}
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 with open(rows_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-    write_table(rows_path, out.with_suffix(".md"), " ".join(shlex.quote(a) for a in sys.argv))
+    write_table(rows_path, out.with_suffix(".md"))
     return 0
 
 
@@ -98,12 +100,14 @@ def _fmt(v: list[float], spec: str) -> str:
     return format(statistics.mean(v), spec) if v else "n/a"
 
 
-def write_table(rows_path: Path, md: Path, command: str) -> None:
+def write_table(rows_path: Path, md: Path) -> None:
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    commands = list(dict.fromkeys(r.get("command", "?") for r in rows))
     lines = [
         "# Non-diffusion blind baselines on fashion32 valid",
         "",
-        f"Command: `python {command}` (rows in `{rows_path.name}`). Machine: "
+        "Commands (the rows were made by these runs, resumable, in this order): "
+        + "; ".join(f"`{c}`" for c in commands) + f". Rows in `{rows_path.name}`. Machine: "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, one thread, "
         "a 2-core CPU shared with other jobs (seconds are indicative). Images: the first N of the "
         "fashion32 *valid* split, seed 0, Gaussian noise sigma 0.02 ([-1, 1] units); means over "
