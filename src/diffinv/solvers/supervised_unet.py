@@ -8,7 +8,10 @@ train-deblur-net``) on blurred + noisy / sharp pairs of the fashion32 *train* sp
 drawn per sample from the four blind families with random parameters and Gaussian noise
 ``sigma ~ U(0, 0.05)``; L1 loss. It is **not** DeblurGANv2, MPRNet or Stripformer: name it
 "supervised UNet, trained here". The shipped weights and their card (command, steps, wall time,
-validation PSNR per family) are ``diffinv/restorers/deblur-unet-fashion32.{safetensors,json}``.
+validation PSNR per family) are ``diffinv/restorers/deblur-unet-fashion32.{safetensors,json}``:
+4,500 steps of batch 32 (144k pairs drawn from the 55,000 train images, about 2.6 passes), 68 min on one
+shared CPU thread; PSNR on 256 fashion32 valid images at sigma 0.02 (measurement's own PSNR in
+brackets): motion 24.8 (18.5), Gaussian 26.7 (18.4), rotation 27.3 (20.6), zoom 30.9 (16.8) dB.
 
 It estimates no kernel (``trace["kernel"]`` is absent), ignores the diffusion prior (``nfe = 0``)
 and draws nothing at random (``seed`` is accepted and unused). It accepts the four blind families
