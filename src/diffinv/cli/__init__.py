@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "diffinv.cli.train_prior",
     "diffinv.cli.train_likelihood",
     "diffinv.cli.train_davi",
+    "diffinv.cli.train_deblur_net",
     "diffinv.cli.bench",
 ]
 
