@@ -15,7 +15,7 @@ import torch
 from blind_problem import blind_measurement, kernel_mse, oracle_prior
 from diffinv.diffusion.zoo import load_prior
 from diffinv.errors import DiffinvError
-from diffinv.physics import make_operator, measure
+from diffinv.physics import measure
 from diffinv.seeding import image_generators
 from diffinv.solvers import make_solver
 from diffinv.solvers._blind import KernelDivergedError
@@ -70,9 +70,6 @@ def test_bad_input(kprior):
     m7 = blind_measurement(x, size=7)
     with pytest.raises(DiffinvError, match=r"9x9 kernels but the blind family's kernel is 7x7"):
         solve(m7.y, m7.public(), prior)
-    rot = measure(x, make_operator("blind-rotation-blur"), "gaussian:0.02", seed=0)
-    with pytest.raises(DiffinvError, match="cannot handle"):
-        solve(rot.y, rot.public(), prior)
     with pytest.raises(DiffinvError, match=">= 0"):
         make_solver("blind-dps", scale=-1)
 

@@ -1,10 +1,24 @@
-"""What the blind-deblurring solvers (BlindDPS, GibbsDDRM, FastEM) read from a blind measurement.
+"""What a blind deblurring solver may read from a blind measurement, for every blind solver.
 
 :func:`diffinv.solvers._common.unpack` refuses blind measurements (their operator parameters are
-hidden). A blind kernel solver needs only the public facts of the family: the kernel size, the
-boundary rule and the noise model; it never reads ``true_params`` (nor ``params``, which are empty
-for a blind family). :func:`unpack_blind` gathers them and builds a plain :class:`~Blur` with the
-family's boundary, to which the solver passes its current kernel estimate as ``kernel=``.
+hidden). A blind measurement (``physics.blind``) names a blind family and its public settings; the
+drawn parameters (kernel, std, angle, zoom) are the hidden truth and are never read here (neither
+``physics.true_params`` nor ``params``, which are empty for a blind family). :func:`blind_problem`
+rebuilds the family's operator from the public record (as blind DMPlug does) and says what a
+kernel-estimating method estimates:
+
+* blind Gaussian / motion blur: a ``size x size`` kernel (the operator's kernel size) applied with
+  the operator's boundary rule;
+* blind rotation / zoom blur: these are not convolutions; the kernel methods (BlindDPS, GibbsDDRM,
+  FastEM, Pan-L0, SelfDeblur) run with their *convolution model* anyway, a ``9 x 9`` kernel (the
+  kernel families' default size, that of the ``kernels9`` prior and the kernel denoiser) with a
+  circular boundary, as the CL-DPS paper ran its kernel-based baselines on these families.
+  ``BlindProblem.convolution_model`` is then False and the solvers say so in
+  ``trace["forward_model"]``.
+
+``BlindProblem.blur`` is a plain :class:`~diffinv.physics.blur.Blur` with that boundary, to which a
+solver passes its current kernel estimate (``problem(kernel)`` wraps it as a non-blind
+:class:`~diffinv.solvers._common.Problem` for the SVD helpers).
 """
 
 from __future__ import annotations
@@ -19,57 +33,95 @@ from diffinv.errors import DiffinvError, NonFiniteError, ShapeError
 from diffinv.physics.blur import Blur, GaussianBlur, MotionBlur
 from diffinv.solvers._common import Problem, SolverDivergedError
 
-BLIND_KERNEL_FAMILIES = ("blind-gaussian-blur", "blind-motion-blur")
+#: the blind families the blind solvers accept
+BLIND_FAMILIES = ("blind-motion-blur", "blind-gaussian-blur", "blind-rotation-blur",
+                  "blind-zoom-blur")
+#: kernel size and boundary of the convolution model used on rotation / zoom blur
+WARP_KERNEL_SIZE = 9
+WARP_BOUNDARY = "circular"
 
 
 @dataclass
-class BlindBlur:
-    """The public facts of a blind blur measurement."""
+class KernelProblem(Problem):
+    """A non-blind :class:`Problem` for a kernel estimate, with the forward model it stands for."""
 
-    family: Any            # the blind family operator (never called with parameters)
-    blur: Blur             # a plain blur with the family's boundary; pass ``kernel=(B, k, k)``
+    forward_model: str = ""
+
+
+@dataclass
+class BlindProblem:
+    """What a blind solver may know: the family, the kernel it estimates, the noise model."""
+
+    family: str
+    operator: Any          # the blind family operator (never called with parameters)
     kernel_size: int
     boundary: str
+    #: True when the family *is* a convolution (Gaussian, motion); False for rotation / zoom
+    convolution_model: bool
     noise: Any
     image_shape: tuple[int, int, int, int]
+    blur: Blur             # a plain blur with ``boundary``; pass ``kernel=(B, k, k)``
 
-    def problem(self, kernel: Tensor) -> Problem:
-        """A non-blind :class:`Problem` for the current kernel estimate (for SVD helpers)."""
-        return Problem(self.blur, {"kernel": kernel}, self.noise, self.image_shape)
+    def problem(self, kernel: Tensor) -> KernelProblem:
+        """A non-blind problem for the current kernel estimate (for the SVD helpers)."""
+        return KernelProblem(self.blur, {"kernel": kernel}, self.noise, self.image_shape,
+                             self.model_note())
+
+    def model_note(self) -> str:
+        """One line for the trace: which forward model the kernel method fitted."""
+        if self.convolution_model:
+            return f"convolution, {self.kernel_size}x{self.kernel_size} kernel, {self.boundary}"
+        return (f"convolution model ({self.kernel_size}x{self.kernel_size} kernel, "
+                f"{self.boundary}) on {self.family}, which is not a convolution (as CL-DPS ran "
+                "its kernel-based baselines)")
 
 
-def unpack_blind(solver: Any, y: Tensor, physics: Any, prior: Any) -> BlindBlur:
-    """Check ``y`` and ``physics`` (a blind Gaussian or motion blur measurement) and the prior's
-    domain; return the family's public facts. Non-blind measurements are refused."""
+def blind_problem(solver: Any, y: Tensor, physics: Any) -> BlindProblem:
+    """Check ``y`` and the blind measurement ``physics``; build the :class:`BlindProblem`.
+
+    Refuses a non-blind measurement (naming the blind families it needs) and a blind family
+    other than the four blur families.
+    """
+    name = getattr(solver, "name", type(solver).__name__)
     if not isinstance(y, Tensor) or y.ndim != 4:
-        raise ShapeError("y must be a batched image tensor (B, C, H, W)")
+        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ShapeError(f"solver {name!r} needs y as a batch of images (B, C, H, W); got {got}")
     if not torch.isfinite(y).all():
         raise NonFiniteError("the measurement y contains NaN/Inf")
     for need in ("make_operator", "make_noise"):
         if not callable(getattr(physics, need, None)):
             raise DiffinvError(f"physics must be a Measurement (with {need}()); got "
                                f"{type(physics).__name__}")
+    op_name = str(getattr(physics, "operator", "?"))
     op = physics.make_operator()
     if not getattr(physics, "blind", False) or not getattr(op, "blind", False):
-        raise DiffinvError(
-            f"solver {solver.name!r} estimates the kernel of a blind family "
-            f"({', '.join(BLIND_KERNEL_FAMILIES)}); operator "
-            f"{getattr(op, 'registry_name', type(op).__name__)!r} is not blind (use a "
-            "non-blind solver such as dps when the kernel is known)")
-    if not isinstance(op, GaussianBlur | MotionBlur):
-        raise DiffinvError(
-            f"solver {solver.name!r} estimates blur kernels ({', '.join(BLIND_KERNEL_FAMILIES)});"
-            f" it cannot handle the blind family {getattr(op, 'registry_name', '')!r}")
+        raise DiffinvError(f"solver {name!r} is a blind deblurring method: it needs a blind "
+                           f"measurement ({', '.join(BLIND_FAMILIES)}); operator {op_name!r} is "
+                           "not blind (use a non-blind solver such as dps when the operator is "
+                           "known, or measure with a blind- family)")
+    if op_name not in BLIND_FAMILIES:
+        raise DiffinvError(f"solver {name!r} handles the blind blur families "
+                           f"({', '.join(BLIND_FAMILIES)}), not {op_name!r}")
+    if isinstance(op, GaussianBlur | MotionBlur):
+        k, boundary, conv = int(op.size), str(op.boundary), True
+    else:
+        k, boundary, conv = WARP_KERNEL_SIZE, WARP_BOUNDARY, False
     B, C, H, W = (int(s) for s in y.shape)
+    if k > min(H, W):
+        raise ShapeError(f"a {k}x{k} kernel does not fit {H}x{W} images")
+    blur = Blur(boundary=boundary).to(y.device)
+    return BlindProblem(op_name, op, k, boundary, conv, physics.make_noise(), (B, C, H, W), blur)
+
+
+def unpack_blind(solver: Any, y: Tensor, physics: Any, prior: Any) -> BlindProblem:
+    """:func:`blind_problem` plus the check that the prior models the measurement's images."""
+    bp = blind_problem(solver, y, physics)
+    C, H, W = bp.image_shape[1:]
     want = tuple(getattr(prior, "image_shape", (C, H, W)))
     if want != (C, H, W):
         raise ShapeError(f"the measurement is of images {(C, H, W)} but the prior "
                          f"{getattr(prior, 'name', '')!r} models images {want} (another domain)")
-    k = int(op.size)
-    if k > min(H, W):
-        raise ShapeError(f"a {k}x{k} kernel does not fit {H}x{W} images")
-    blur = Blur(boundary=op.boundary).to(y.device)
-    return BlindBlur(op, blur, k, op.boundary, physics.make_noise(), (B, C, H, W))
+    return bp
 
 
 class KernelDivergedError(SolverDivergedError):

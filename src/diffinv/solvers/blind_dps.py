@@ -39,6 +39,9 @@ Scaled to 32x32 (our choices): a 9x9 kernel on a 12x12 canvas (the official prio
 uses zero padding and cross-correlation at 64x64). Deviations: the variances are the priors'
 own (ours fixed small; a learned range is used when a prior has one); ``steps < 1000`` respaces
 both chains (an extension for tests; the method runs 1000 steps).
+On blind rotation / zoom blur (not convolutions) it fits its convolution model, a 9x9
+circular kernel, as the CL-DPS paper ran its kernel baselines (``solvers/_blind.py``);
+``trace["forward_model"]`` says which model was fitted.
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ class BlindDPS(Solver):
     """BlindDPS: image and kernel diffusion chains guided by their shared residual norm."""
 
     summary = ("BlindDPS: parallel image + kernel diffusion (1000 steps), grad of "
-               "||y - k0_hat * x0_hat|| on both chains (blind Gaussian/motion blur)")
+               "||y - k0_hat * x0_hat|| on both chains (blind blur families; 9x9 conv. model "
+               "on rotation/zoom)")
     requires = ()
 
     def __init__(self, kernel_prior: Any = DEFAULT_KERNEL_PRIOR, steps: int = 1000,
@@ -137,7 +141,8 @@ class BlindDPS(Solver):
         ts = [int(v) for v in work.schedule.timesteps.tolist()]
         x = randn(shape, generators, device=dev, dtype=dtype)
         k = randn(kshape, generators, device=dev, dtype=dtype)
-        trace: dict[str, Any] = {"steps": self.steps, "log_residual": []}
+        trace: dict[str, Any] = {"steps": self.steps, "log_residual": [],
+                                 "forward_model": bb.model_note()}
         rows = range(work.num_timesteps - 1, -1, -1)
         try:
             for i, row in enumerate(progress(rows, getattr(self, "progress", False), self.name,

@@ -43,6 +43,9 @@ Deviations: the re-centring uses a bilinear sub-pixel shift with zero fill (the 
 ``scipy.ndimage`` cubic-spline shift) followed by clipping at 0 and renormalisation; only circular
 blur (the exact FFT SVD; the code's FFT convolution is circular too); the DnCNN is ours (no batch
 normalisation, trained on our 9x9 kernels).
+On blind rotation / zoom blur (not convolutions) it fits its convolution model, a 9x9
+circular kernel, as the CL-DPS paper ran its kernel baselines (``solvers/_blind.py``);
+``trace["forward_model"]`` says which model was fitted.
 """
 
 from __future__ import annotations
@@ -127,7 +130,8 @@ class FastEM(Interleaved):
     """Fast diffusion EM: PiGDM E-step + one HQS/PnP kernel M-step per reverse step."""
 
     summary = ("FastEM (fast): 100 PiGDM-guided DDPM steps, one HQS + PnP-denoiser kernel "
-               "M-step per step (blind Gaussian/motion blur, circular)")
+               "M-step per step (blind blur families, circular; 9x9 conv. model on "
+               "rotation/zoom)")
     requires = ()
     needs_grad = True
     default_steps = 100
@@ -187,4 +191,5 @@ class FastEM(Interleaved):
         return step.x_prev + self.scale * a ** 0.5 * r2 * (1 / (1 + v)) ** 0.5 * g
 
     def outputs(self, ctx: Context) -> dict[str, Any]:
-        return {"kernel": ctx.problem.params["kernel"].detach()}
+        return {"kernel": ctx.problem.params["kernel"].detach(),
+                "forward_model": getattr(ctx.problem, "forward_model", "")}

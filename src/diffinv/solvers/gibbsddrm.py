@@ -44,6 +44,9 @@ mode, which fills the border of ``y`` with the blurred ``x0`` to fake a larger p
 unnecessary there); the Tweedie estimate is clamped to [-1, 1] (the code does not clamp it); the
 gradient of ``U`` is computed in closed form from the Gram matrix of the blur's design matrix
 (``U`` is quadratic in ``phi``) instead of by autograd (the same numbers up to rounding).
+On blind rotation / zoom blur (not convolutions) it fits its convolution model, a 9x9
+circular kernel, as the CL-DPS paper ran its kernel baselines (``solvers/_blind.py``);
+``trace["forward_model"]`` says which model was fitted.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ class GibbsDDRM(Solver):
     """GibbsDDRM: DDRM in the current kernel's SVD + Langevin kernel updates."""
 
     summary = ("GibbsDDRM: DDRM steps in the current kernel's FFT SVD + Langevin kernel updates "
-               "(blind Gaussian/motion blur, circular)")
+               "(blind blur families, circular; 9x9 conv. model on rotation/zoom)")
     requires = ()
 
     def __init__(self, steps: int = 100, eta_b: float = 0.9, eta_c: float = 0.8,
@@ -155,7 +158,8 @@ class GibbsDDRM(Solver):
         phi = exp_init_kernel(B, size, device=dev, dtype=dtype)
         svd, s, yb = factors(phi)
         x = float(ab[ts[0]]) ** 0.5 * svd.v(ddrm_init(yb, s, sig(ts[0]), sigma_y, draw()))
-        trace: dict[str, Any] = {"steps": len(ts), "kernel_updates": 0}
+        trace: dict[str, Any] = {"steps": len(ts), "kernel_updates": 0,
+                                 "forward_model": bb.model_note()}
         for i, t in enumerate(progress(ts, getattr(self, "progress", False), self.name, len(ts))):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             with torch.no_grad():

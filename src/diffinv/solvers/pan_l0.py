@@ -105,7 +105,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffinv.errors import DiffinvError
-from diffinv.solvers._blind_any import blind_problem
+from diffinv.solvers._blind import blind_problem
 from diffinv.solvers.base import Solver, register_solver
 
 _BETA_MAX = 1e5

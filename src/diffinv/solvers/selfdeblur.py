@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffinv.errors import DiffinvError, NonFiniteError
-from diffinv.solvers._blind_any import blind_problem
+from diffinv.solvers._blind import blind_problem
 from diffinv.solvers.base import Solver, register_solver
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError, ShapeError
-from diffinv.solvers._blind_any import blind_problem
+from diffinv.solvers._blind import blind_problem
 from diffinv.solvers.base import Solver, register_solver
 
 RESTORERS = Path(__file__).resolve().parent.parent / "restorers"
