@@ -300,3 +300,86 @@ def test_kernel_error_column_compares_the_estimate_with_the_hidden_kernel(tmp_pa
         m = measure(images[i:i + 1], make_operator("blind-gaussian-blur"), "gaussian:0.05", 3, [i])
         true = m.make_operator()._kernel(images[i:i + 1], m.true_params)
         assert r["metrics"]["kernel-mse"] == pytest.approx(float(kernel_mse(delta, true)), rel=1e-6)
+
+
+def _fake_features(images, batch_size=50, progress=False, device=None):
+    """A cheap stand-in for the Inception features: a fixed random projection to 8 dims."""
+    g = torch.Generator().manual_seed(5)
+    proj = torch.randn(images[0].numel(), 8, generator=g)
+    return images.detach().float().cpu().flatten(1) @ proj
+
+
+def _split_aware(dataset: str, split: str) -> ImageSet:
+    g = torch.Generator().manual_seed({"test": 123, "train": 7}.get(split, 9))
+    x = torch.rand((9, 1, 32, 32), generator=g) * 2 - 1
+    return ImageSet("fashion32", split, x, torch.arange(9) % 10)
+
+
+@pytest.fixture
+def fid_fakes(fakes, monkeypatch):
+    import diffinv.metrics.fid as fid_module
+
+    monkeypatch.setattr(fid_module, "inception_features", _fake_features)
+    monkeypatch.setattr(diffinv.data, "load_split", _split_aware)
+
+
+def test_fid_scores_the_recomputed_restorations_against_the_truth(tmp_path, fid_fakes,
+                                                                   monkeypatch):
+    """``--fid N``: each cell's FID is that of its restorations of images 0..N-1 (recomputed as
+    the rows are: same y, same per-image generators) against the true images 0..N-1; the floor is
+    the train split's first N images against the same truth; PSNR is the rows' mean; a rerun
+    computes nothing, and two shards give what one run gives. N may exceed n_images."""
+    from diffinv.bench import fid as bench_fid
+    from diffinv.bench.kinds import restore
+    from diffinv.metrics.fid import fid_from_features
+
+    task = write_task(tmp_path, tasks=TASKS[:1], n_images=6)
+    run_benchmark(task, progress=False)
+    rows = [json.loads(s) for s in (tmp_path / "out" / "r.jsonl").read_text().splitlines()]
+    rep = bench_fid.make_fid(task, 6, progress=False)
+    truth = _split_aware("fashion32", "test").images[:6]
+    y = measure(truth, make_operator("gaussian-blur"), "gaussian:0.05", 3, list(range(6)))
+    by_label = {c.labels[0]: c for c in rep.cells}
+    for label, params in (("adjoint", {}), ("half", {"gain": 0.5})):
+        gens = image_generators(derived_seed(3, "solver"), list(range(6)))
+        x_hat = fake_solver_registry("adjoint", **params)(y.y, y.public(), SimpleNamespace(
+            sha256=SHA), gens).x
+        want = fid_from_features(_fake_features(x_hat), _fake_features(truth))
+        assert by_label[label].fid == pytest.approx(want, rel=1e-6)
+        mean_row = sum(r["metrics"]["psnr"] for r in rows if r["cell"]["method"]["label"] == label) / 6
+        assert by_label[label].psnr == pytest.approx(mean_row, abs=1e-4)
+    train = _split_aware("fashion32", "train").images[:6]
+    assert rep.floor == pytest.approx(fid_from_features(_fake_features(train),
+                                                        _fake_features(truth)), rel=1e-6)
+    md = rep.markdown.read_text()
+    assert "--fid 6" in md and "| adjoint | deblur | fake32 |" in md
+    assert json.loads(rep.json.read_text())["n_images"] == 6
+    assert (tmp_path / "out" / "r.jsonl").read_text().count("\n") == len(rows)  # no rows added
+
+    calls = []
+    original = restore.restore_batch
+    monkeypatch.setattr(restore, "restore_batch", lambda *a: calls.append(a) or original(*a))
+    again = bench_fid.make_fid(task, 6, progress=False)
+    assert calls == [] and [c.fid for c in again.cells] == [c.fid for c in rep.cells]
+
+    other = tmp_path / "sharded"
+    task2 = write_task(other, tasks=TASKS[:1], n_images=6)
+    first = bench_fid.make_fid(task2, 8, shard="0/2", progress=False)  # batches 0-2, 6-7
+    assert [c.fid for c in first.cells] == [None] * 3 and first.cells[0].done == 5
+    assert "5/8*" in first.markdown.read_text()
+    both = bench_fid.make_fid(task2, 8, shard="1/2", progress=False)
+    single = bench_fid.make_fid(write_task(tmp_path / "one", tasks=TASKS[:1], n_images=6), 8,
+                                progress=False)
+    assert [c.fid for c in both.cells] == pytest.approx([c.fid for c in single.cells], rel=1e-6)
+
+
+def test_fid_bad_requests_fail_before_any_work(tmp_path, fid_fakes):
+    from diffinv.bench.fid import make_fid
+
+    task = write_task(tmp_path, tasks=TASKS[:1])
+    for bad in (1, 0, True):
+        with pytest.raises(BenchConfigError, match="number of images >= 2"):
+            make_fid(task, bad, progress=False)
+    with pytest.raises(BenchConfigError, match="asks for more images than fashion32:test has"):
+        make_fid(task, 10, progress=False)
+    assert not (tmp_path / "out").exists()

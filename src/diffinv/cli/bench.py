@@ -47,12 +47,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "rows were computed and draw NAME_gallery/TASK.png (truth | y | each "
                         "method, with PSNRs) and NAME_gallery.md; writes no rows, checks the "
                         "recomputed PSNRs against the table's")
+    p.add_argument("--fid", metavar="N", type=int, default=None,
+                   help="restore tables: recompute images 0..N-1 of each (--only) cell as the "
+                        "rows are computed (N may exceed n_images; FID wants ~1,000) and write "
+                        "NAME_fid.md/.json: FID against the true images, the train-split floor, "
+                        "PSNR, s/image; resumable (features per batch in NAME_fid/), takes "
+                        "--shard and --batch-size; writes no rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from diffinv.bench.runner import run_benchmark
+
+    if args.fid is not None:
+        if args.report_only or args.gallery is not None:
+            from diffinv.bench.errors import BenchConfigError
+
+            raise BenchConfigError("--fid computes its own images: it takes neither "
+                                   "--report-only nor --gallery")
+        from diffinv.bench.fid import make_fid
+
+        rep = make_fid(args.task, args.fid, only=args.only, shard=args.shard,
+                       batch_size=args.batch_size, progress=not args.no_progress)
+        print(f"wrote {rep.markdown} and {rep.json}", file=sys.stderr)
+        return 0
 
     if args.gallery is not None:
         if args.shard or args.report_only:
