@@ -10,10 +10,11 @@ blind-zoom-blur) the first ``--n`` images of the fashion32 *valid* split are mea
 hidden parameters and noise come from ``image_seed(0, i)``); every method solves each image alone
 (seed 0, image index ``i``) with its defaults, on one CPU thread. Per image: PSNR of the estimate
 and of ``y``, for the kernel methods on the kernel families the centred kernel MSE
-(:func:`diffinv.metrics.kernel_error.centred_kernel_mse`) and that of a delta kernel (the "no blur"
-reference), and the solver's wall time. Rows go to ``OUT.jsonl`` (a rerun skips the rows already
-there: resumable); ``OUT.md`` is the summary table (means over images). The methods ignore the
-diffusion prior; the fashion32 prior is passed to honour the solver contract.
+(:func:`diffinv.metrics.kernels.kernel_mse`, the metric of the tables) and that of a delta
+kernel (the "no blur" reference), and the solver's wall time. Rows go to ``OUT.jsonl`` (a rerun
+skips the rows already there: resumable); ``OUT.md`` is the summary table (means over images).
+The methods ignore the diffusion prior; the fashion32 prior is passed to honour the solver
+contract.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from diffinv.data import load_split
     from diffinv.diffusion import load_prior
     from diffinv.metrics import psnr
-    from diffinv.metrics.kernel_error import centred_kernel_mse
+    from diffinv.metrics.kernels import kernel_mse
     from diffinv.physics.measurement import measure
     from diffinv.seeding import image_generators
     from diffinv.solvers import make_solver
@@ -87,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
                     k = kt[i:i + 1]
                     d = torch.zeros_like(k)
                     d[:, k.shape[-2] // 2, k.shape[-1] // 2] = 1
-                    row["kernel_mse"] = float(centred_kernel_mse(r.trace["kernel"], k)[0])
-                    row["kernel_mse_delta"] = float(centred_kernel_mse(d, k)[0])
+                    row["kernel_mse"] = float(kernel_mse(r.trace["kernel"], k)[0])
+                    row["kernel_mse_delta"] = float(kernel_mse(d, k)[0])
+                    row["kernel_metric"] = "diffinv.metrics.kernels.kernel_mse"
                 with open(rows_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
@@ -111,7 +113,11 @@ def write_table(rows_path: Path, md: Path) -> None:
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, one thread, "
         "a 2-core CPU shared with other jobs (seconds are indicative). Images: the first N of the "
         "fashion32 *valid* split, seed 0, Gaussian noise sigma 0.02 ([-1, 1] units); means over "
-        "images. Kernel MSE after centring (best whole-pixel shift); `delta` is the MSE of a "
+        "images. Kernel MSE after centring: rows made before 2026-12-05 used the best whole-pixel "
+        "shift and a mean over the kernel's 81 entries; rows with `kernel_metric` use "
+        "diffinv.metrics.kernels.kernel_mse (centre of mass, mean over a 13x13 canvas, the "
+        "metric of blind_linear.md), so compare kernel MSEs only within this table; "
+        "`delta` is the MSE of a "
         "delta kernel (no blur) for reference. On rotation and zoom blur the kernel methods fit "
         "their convolution model (9x9 kernel, circular), as CL-DPS ran its kernel baselines; "
         "those families have no true kernel. supervised-unet: a supervised UNet trained here "
