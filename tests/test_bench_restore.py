@@ -302,6 +302,30 @@ def test_kernel_error_column_compares_the_estimate_with_the_hidden_kernel(tmp_pa
         assert r["metrics"]["kernel-mse"] == pytest.approx(float(kernel_mse(delta, true)), rel=1e-6)
 
 
+def test_gallery_draws_estimated_kernels_beside_the_true_ones(tmp_path, fakes):
+    """A method with ``trace["kernel"]`` on a kernel-blur family adds TASK_kernels.png: the true
+    kernel column, then each estimating method's, captioned with the kernel MSE of the table."""
+    from PIL import Image
+
+    from diffinv.bench.gallery import kernel_picture, make_gallery
+
+    tasks = [{"name": "blind-gauss", "operator": "blind-gaussian-blur", "noise": "gaussian:0.05"}]
+    methods = [{"name": "measured", "delta_kernel": True, "label": "delta"}, "measured"]
+    task = write_task(tmp_path, methods=methods, tasks=tasks, metrics=("psnr", "kernel-mse"))
+    run_benchmark(task, progress=False)
+    g = make_gallery(task, 2, progress=False)
+    assert [p.name for p in g.images] == ["blind-gauss-fake32.png",
+                                          "blind-gauss-fake32_kernels.png"]
+    assert g.columns["blind-gauss-fake32_kernels.png"] == ["true kernel", "delta"]
+    im = Image.open(g.images[1])
+    assert im.height > 2 * 9 * 3
+    assert "blind-gauss-fake32_kernels.png" in g.markdown.read_text()
+    k = torch.zeros(1, 3, 3)
+    k[0, 1, 1], k[0, 0, 0] = 0.5, 0.25
+    pic = kernel_picture(k)
+    assert pic.shape == (1, 1, 3, 3) and pic.max() == 1 and pic[0, 0, 0, 0] == 0 and pic.min() == -1
+
+
 def _fake_features(images, batch_size=50, progress=False, device=None):
     """A cheap stand-in for the Inception features: a fixed random projection to 8 dims."""
     g = torch.Generator().manual_seed(5)

@@ -4,7 +4,9 @@
 cells ``--only`` selects) exactly as the table's rows were computed (same measurement of image
 ``i``, same per-image solver generator: :func:`diffinv.bench.kinds.restore.restore_batch`), and
 draws one PNG per (task, prior): a row per image, the columns ``truth | y | one per method``, each
-restoration captioned with its PSNR. Nothing is added to the run's rows.
+restoration captioned with its PSNR. Where methods estimate a kernel (``trace["kernel"]``), a
+second PNG, ``TASK_kernels.png``, shows the true kernel (kernel-blur families) beside each
+estimate, captioned with the kernel MSE. Nothing is added to the run's rows.
 
 Because a solver's randomness is per image, the restorations are those the table scored, up to
 float rounding, and that rounding depends on the batch *size*: a batched network call takes other
@@ -127,11 +129,12 @@ def restore_context(plan: Plan, cells: Sequence[Cell]) -> tuple[RunContext, Any]
     return ctx, resolve_all(plan, ctx)
 
 
-def _recompute(ctx: RunContext, cell: Cell, sizes: Sequence[int]) -> tuple[Any, Any, Any]:
+def _recompute(ctx: RunContext, cell: Cell, sizes: Sequence[int]) -> tuple[Any, ...]:
     """Images ``0 .. len(sizes)-1`` of ``cell``, image i solved in a batch of ``sizes[i]`` images
     (itself, the other gallery images of that size, then the cell's next images as filler).
 
-    Returns (truth, the measurement as a picture, the restorations), CPU tensors in image order.
+    Returns (truth, the measurement as a picture, the restorations, the solver's kernel estimates
+    or None, the true kernels or None), CPU tensors in image order.
     """
     import torch
 
@@ -142,16 +145,42 @@ def _recompute(ctx: RunContext, cell: Cell, sizes: Sequence[int]) -> tuple[Any, 
     x: list[Any] = [None] * k
     y: list[Any] = [None] * k
     x_hat: list[Any] = [None] * k
+    k_hat: list[Any] = [None] * k
+    k_true: list[Any] = [None] * k
     for size in sorted(set(sizes)):
         mine = [i for i in range(k) if sizes[i] == size]
         filler = [j for j in range(cell.target) if j not in mine][: max(0, size - len(mine))]
         batch = restore.restore_batch(ctx, cell, mine + filler)
         shown = png_view(batch.measurement.y)
+        est = batch.result.trace.get("kernel")
+        true = restore.true_kernels(batch)
         for pos, i in enumerate(mine):
             x[i] = batch.x[pos].cpu()
             y[i] = shown[pos].cpu()
             x_hat[i] = batch.result.x[pos].detach().cpu()
-    return torch.stack(x), torch.stack(y), torch.stack(x_hat)
+            k_hat[i] = None if est is None else est[pos].detach().float().cpu()
+            k_true[i] = None if true is None else true[pos].float()
+
+    def stacked(v: list[Any]) -> Any:
+        return None if any(t is None for t in v) else torch.stack(v)
+
+    return torch.stack(x), torch.stack(y), torch.stack(x_hat), stacked(k_hat), stacked(k_true)
+
+
+def kernel_picture(k: Any) -> Any:
+    """(N, h, w) kernels -> (N, 1, h, w) pictures in [-1, 1], each scaled to its own maximum
+    (black 0, white the largest entry)."""
+    k = k.float().clamp_min(0)
+    k = k / k.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    return (k * 2 - 1)[:, None]
+
+
+def _pad_to(k: Any, size: int) -> Any:
+    import torch.nn.functional as F
+
+    h, w = k.shape[-2:]
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(k, (left, size - w - left, top, size - h - top), value=-1.0)
 
 
 def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
@@ -179,11 +208,12 @@ def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
     todo = [(g, c) for g, cs in _groups(cells).items() for c in cs]
     done: dict[tuple[str, ...], list[tuple[str, Any, list[float]]]] = {}
     truth: dict[tuple[str, ...], tuple[Any, Any]] = {}
+    kernels: dict[tuple[str, ...], list[tuple[str, Any, Any]]] = {}
     for group, cell in tqdm(todo, desc="gallery", disable=not progress, file=sys.stderr):
         ident = plan.cell_identity(cell, resolved)
         rows = [table.get(plan.unit_key(cell, i, ident)) for i in range(k)]
         sizes = [plan.batch_size if r is None else r[1] for r in rows]
-        x, y, x_hat = _recompute(ctx, cell, sizes)
+        x, y, x_hat, k_hat, k_true = _recompute(ctx, cell, sizes)
         values = [float(v) for v in psnr(x_hat, x)]
         for i, v in enumerate(values):
             if rows[i] is None:
@@ -199,6 +229,8 @@ def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
             gallery.max_abs_diff_db = max(gallery.max_abs_diff_db, diff)
         truth.setdefault(group, (x, y))
         done.setdefault(group, []).append((cell["method"].label, x_hat, values))
+        if k_hat is not None:
+            kernels.setdefault(group, []).append((cell["method"].label, k_hat, k_true))
 
     for group, results in done.items():
         x, y = truth[group]
@@ -210,8 +242,35 @@ def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
         title = " / ".join(group) + f"  ({plan.options.get('dataset')} images 0..{k - 1})"
         images.append(draw_panel(columns, labels, captions, out_dir / name, title))
         gallery.columns[name] = labels
+        if group in kernels:
+            images.append(_kernel_panel(kernels[group], group, title, out_dir, gallery))
     _write_markdown(plan, gallery, k, only)
     return gallery
+
+
+def _kernel_panel(found: Sequence[tuple[str, Any, Any]], group: tuple[str, ...], title: str,
+                  out_dir: Path, gallery: Gallery) -> Path:
+    """``TASK_kernels.png``: the true kernels (where the family has them) beside each method's
+    estimate, every kernel scaled to its own maximum; captions give the kernel MSE
+    (:func:`diffinv.metrics.kernels.kernel_mse`)."""
+    from diffinv.metrics.kernels import kernel_mse
+
+    true = next((t for _, _, t in found if t is not None), None)
+    size = max([k.shape[-1] for _, k, _ in found] + ([true.shape[-1]] if true is not None else []))
+    labels, columns, captions = [], [], []
+    if true is not None:
+        labels.append("true kernel")
+        columns.append(_pad_to(kernel_picture(true), size))
+        captions.append(None)
+    for label, k_hat, _ in found:
+        labels.append(label)
+        columns.append(_pad_to(kernel_picture(k_hat), size))
+        captions.append(None if true is None else
+                        [f"{float(v):.1e}" for v in kernel_mse(k_hat, true)])
+    name = _slug("_".join(group)) + "_kernels.png"
+    gallery.columns[name] = labels
+    return draw_panel(columns, labels, captions, out_dir / name,
+                      title.replace("  (", " kernels  (", 1))
 
 
 def _write_markdown(plan: Plan, gallery: Gallery, k: int, only: Sequence[str] | None) -> None:

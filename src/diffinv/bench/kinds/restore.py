@@ -345,13 +345,21 @@ def _kernel_error(batch: Restored) -> list[float]:
 
     n = batch.x.shape[0]
     est = batch.result.trace.get("kernel")
+    true = true_kernels(batch)
+    if est is None or true is None:
+        return [float("nan")] * n
+    return [float(v) for v in kernel_mse(est.detach().cpu(), true)]
+
+
+def true_kernels(batch: Restored) -> Any:
+    """The hidden (B, k, k) kernels of a kernel-blur measurement (evaluation only), or None when
+    the operator is not a kernel blur (rotation, zoom, inpainting, ...)."""
     m = batch.measurement
     op = m.make_operator()
-    if est is None or not hasattr(op, "_kernel"):
-        return [float("nan")] * n
+    if not hasattr(op, "_kernel"):
+        return None
     params = {**m.params, **m.true_params}
-    true = op._kernel(batch.x, params).expand(n, -1, -1)
-    return [float(v) for v in kernel_mse(est.detach().cpu(), true.detach().cpu())]
+    return op._kernel(batch.x, params).expand(batch.x.shape[0], -1, -1).detach().cpu()
 
 
 def score_batch(ctx: RunContext, batch: Restored) -> dict[str, list[float]]:
