@@ -6,7 +6,8 @@ measurements, same solver seeds), as a Markdown table with the 95% Student-t int
     python benchmarks/tools/paired_difference.py benchmarks/linear.part*.jsonl \
         --axis method --a DPS --b MCG --metric psnr -o benchmarks/linear_paired_mcg_dps.md
 
-Several files (a sharded run's parts) are read as one run.
+Several files (a sharded run's parts) are read as one run. ``--a`` may be repeated: one table of
+``b`` minus each reference (a method against every other one).
 
 For every (other axes) cell present under both labels, the table gives N, mean(b - a) with its
 95% interval, and max |b - a|, per metric. Rows are matched by image index, so the interval is
@@ -49,17 +50,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("jsonl", type=Path, nargs="+", help="the run's rows (several files: its shards)")
     ap.add_argument("--axis", default="prior")
-    ap.add_argument("--a", required=True, help="label of the reference row")
+    ap.add_argument("--a", required=True, action="append",
+                    help="label of the reference row (repeatable: b minus each)")
     ap.add_argument("--b", required=True, help="label of the compared row")
     ap.add_argument("--metric", action="append", default=None,
                     help="only this metric (repeatable); default: every metric both rows have")
     ap.add_argument("-o", "--output", type=Path, default=None)
     args = ap.parse_args()
     rows = [r for path in args.jsonl for r in read_records(path)[0]]
-    diffs = paired(rows, args.axis, args.a, args.b)
-    if not diffs:
-        raise SystemExit(f"no image is present under both {args.a!r} and {args.b!r}")
-    metrics = sorted({m for d in diffs.values() for m in d})
+    by_ref = {a: paired(rows, args.axis, a, args.b) for a in args.a}
+    empty = [a for a, d in by_ref.items() if not d]
+    if empty:
+        raise SystemExit(f"no image is present under both {empty} and {args.b!r}")
+    metrics = sorted({m for diffs in by_ref.values() for d in diffs.values() for m in d})
     if args.metric:
         unknown = sorted(set(args.metric) - set(metrics))
         if unknown:
@@ -68,26 +71,31 @@ def main() -> None:
     sources = " ".join(f"`{p}`" for p in args.jsonl)
     argv = ["python", "benchmarks/tools/paired_difference.py", *sys.argv[1:]]
     command = " ".join(shlex.quote(a) for a in argv)
-    lines = [f"# Paired differences: {args.b} minus {args.a}", "",
+    several = len(args.a) > 1
+    title = f"{args.b} minus each of {', '.join(args.a)}" if several else f"{args.b} minus {args.a[0]}"
+    lines = [f"# Paired differences: {title}", "",
              f"- Made by: `{command}`",
              f"- Source: {sources} (rows matched by cell and image index)",
              "- Cells: mean of the per-image difference ± half-width of its 95% Student-t "
              "interval; max |diff| over the images", "",
-             "| cell | N | " + " | ".join(f"{m}: mean diff | {m}: max abs" for m in metrics) + " |",
-             "|---|--:|" + "--:|--:|" * len(metrics)]
-    for rest, d in sorted(diffs.items()):
-        n = max(len(v) for v in d.values())
-        cells = []
-        for m in metrics:
-            v = d.get(m, [])
-            if not v:
-                cells += ["", ""]
-                continue
-            s = mean_interval(v)
-            cells += [f"{s.center:+.4f} ± {(s.high - s.low) / 2:.4f}" if len(v) > 1 else f"{s.center:+.4f}",
-                      f"{max(abs(x) for x in v):.4f}"]
-        name = ", ".join(label for _, label in rest)
-        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+             "| " + ("minus | " if several else "") + "cell | N | "
+             + " | ".join(f"{m}: mean diff | {m}: max abs" for m in metrics) + " |",
+             "|" + ("---|" if several else "") + "---|--:|" + "--:|--:|" * len(metrics)]
+    for a, diffs in by_ref.items():
+        for rest, d in sorted(diffs.items()):
+            n = max(len(v) for v in d.values())
+            cells = []
+            for m in metrics:
+                v = d.get(m, [])
+                if not v:
+                    cells += ["", ""]
+                    continue
+                st = mean_interval(v)
+                cells += [f"{st.center:+.4f} ± {(st.high - st.low) / 2:.4f}" if len(v) > 1
+                          else f"{st.center:+.4f}", f"{max(abs(x) for x in v):.4g}"]
+            name = ", ".join(label for _, label in rest)
+            lines.append("| " + (f"{a} | " if several else "") + f"{name} | {n} | "
+                         + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if args.output:
         args.output.write_text(text)
