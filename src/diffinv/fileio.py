@@ -24,9 +24,12 @@ def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling folder of ``out``; on success it replaces ``out`` at once.
 
     On any error the temporary folder is removed and ``out`` is left as it was, so a failed
-    command writes nothing.
+    command writes nothing. A command checks ``out`` before its work
+    (:func:`~diffinv.checks.check_output_folder`); the check is repeated here for other callers.
     """
-    out = Path(out)
+    from diffinv.checks import check_output_folder
+
+    out = check_output_folder(out, overwrite=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
+    from diffinv.checks import check_output_folder
     from diffinv.data import demo_images, save_panel
     from diffinv.diffusion.zoo import load_prior
     from diffinv.errors import DiffinvError
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from diffinv.solvers import make_solver
     from diffinv.solvers.presets import auto_preset
 
+    out = check_output_folder(args.output, replace=False)
     prior = load_prior(args.prior)
     images, indices = demo_images(prior.domain)
     if not 1 <= args.n <= len(images):
@@ -48,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
     solver = make_solver(args.solver, preset=preset, operator=args.operator)
     solver.progress = True
     result = solver(m.y, m.public(), prior, seed=args.seed)
-    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     psnr, ssim = get_metric("psnr"), get_metric("ssim")
     y_img = m.y if m.y.shape == x.shape else None

@@ -76,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from diffinv.checks import check_output_folder
     from diffinv.physics import make_noise, make_operator, measure, save_measurement
 
+    check_output_folder(args.output, overwrite=args.overwrite)
     op = make_operator(args.op, **parse_settings(args.param))
     noise = make_noise(args.noise)
     if args.dataset:

@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from diffinv.checks import check_device, check_output_file
     from diffinv.data.images import make_grid, save_image
     from diffinv.diffusion.zoo import load_prior
     from diffinv.errors import DiffinvError
@@ -37,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.batch < 1 or args.steps < 1:
         raise DiffinvError("-n, --batch and --steps must be positive")
+    check_output_file(args.output, (".png",))
+    if args.tensor:
+        check_output_file(args.tensor)
+    check_device(args.device, "--device")
     prior = load_prior(args.prior, device=args.device, precision=args.precision)
     chunks = []
     for start in range(0, args.n, args.batch):

@@ -53,24 +53,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
     from safetensors.torch import save_file
 
     from diffinv import load_prior
+    from diffinv.checks import check_device, check_output_folder
     from diffinv.cli.measure import parse_settings
     from diffinv.data.images import make_grid, save_image, save_panel
-    from diffinv.errors import DiffinvError
     from diffinv.fileio import atomic_folder
     from diffinv.physics import load_measurement
     from diffinv.physics.measurement import png_view
     from diffinv.solvers import make_solver
     from diffinv.solvers.presets import auto_preset, preset_params
 
-    out = Path(args.output)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise DiffinvError(f"{out} exists and is not empty (use --overwrite)")
+    out = check_output_folder(args.output, overwrite=args.overwrite)
+    check_device(args.device, "--device")
     m = load_measurement(args.measurement)
     truth = m.x
     settings = parse_settings(args.param)

@@ -77,12 +77,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from diffinv.checks import check_output_folder
     from diffinv.data import canonical_name
     from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
 
     if args.threads:
         torch.set_num_threads(args.threads)
     name = canonical_name(args.dataset)
+    if args.export:
+        check_output_folder(args.export, replace=False)
     cfg = TrainConfig(
         dataset=name,
         out=args.out,

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from diffinv.assets import sha256_file
+from diffinv.checks import check_device
 from diffinv.diffusion.adm import ADM_PRESETS, ADMUNet
 from diffinv.diffusion.prior import DiffusionPrior
 from diffinv.diffusion.schedule import VPSchedule
@@ -269,6 +270,7 @@ def load_prior(
     the weights file's SHA-256; ``precision`` is the network arithmetic ("fp32" or "bf16", see
     :meth:`DiffusionPrior.set_precision`).
     """
+    check_device(device, "device")
     return _load(name_or_path, device, config, sha256).set_precision(precision)
 
 

@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from diffinv.checks import check_device, check_output_folder
 from diffinv.diffusion.prior import PRECISIONS, autocast
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.diffusion.unet import UNet
@@ -169,8 +170,9 @@ def _agreed(flag: bool, ddp: _Dist, device: torch.device) -> bool:
 
 
 def pick_device(device: str | None) -> torch.device:
+    """``device`` (checked: :func:`~diffinv.checks.check_device`), or CUDA if present, or CPU."""
     if device:
-        return torch.device(device)
+        return check_device(device, "device")
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
@@ -192,6 +194,7 @@ def train_prior(
     from tqdm.auto import tqdm
 
     cfg.validate()
+    check_output_folder(cfg.out, replace=False)
     ddp = _Dist()
     dev = pick_device(device)
     if data is None:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffinv.checks import check_image
+from diffinv.checks import check_image, check_output_folder
 from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError, ShapeError
 from diffinv.fileio import atomic_folder
 from diffinv.physics.base import Operator
@@ -174,10 +174,7 @@ def save_measurement(m: Measurement, directory: str | os.PathLike, *,
     """
     from safetensors.torch import save_file
 
-    out = Path(directory)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise DiffinvError(f"{out} exists and is not empty (overwrite it with --overwrite / "
-                           "overwrite=True)")
+    out = check_output_folder(directory, overwrite=overwrite)
     with atomic_folder(out) as tmp:
         cfg, cfg_tensors = _split_config(m.config)
         tensors = {"y": m.y.detach().cpu().contiguous(), **cfg_tensors}

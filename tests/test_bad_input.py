@@ -1,0 +1,142 @@
+"""Bad input at the edges (issue 24): every case below is refused before any computation with one
+clear message (exit code 1 on the command line, a :class:`DiffinvError` in Python, never a
+traceback), and leaves no file or folder behind. One section per numbered item of the issue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import diffinv.data
+from diffinv.cli import main
+from diffinv.diffusion.prior import DiffusionPrior
+from diffinv.errors import DiffinvError
+from diffinv.solvers.base import Solver
+
+
+# ------------------------------------------------------------------------------------ helpers
+def tree(root: Path) -> set[str]:
+    """Every path under ``root`` (hidden ones too), relative to it."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def refused(argv: list[str], capsys) -> str:
+    """Run the command line, assert exit code 1 and no traceback, return stderr."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err and err.startswith("diffinv "), err
+    return err
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Make every expensive step fail loudly: a refusal must come before any of them."""
+
+    def computed(*args, **kwargs):
+        raise AssertionError("computed before checking the input")
+
+    monkeypatch.setattr(Solver, "__call__", computed)
+    monkeypatch.setattr(DiffusionPrior, "sample", computed)
+    monkeypatch.setattr(diffinv.data, "load_split", computed)
+
+
+@pytest.fixture
+def unwritable(tmp_path) -> Path:
+    """An existing folder this process cannot create anything in."""
+    d = tmp_path / "locked"
+    d.mkdir()
+    d.chmod(0o555)
+    try:
+        (d / "probe").mkdir()
+    except OSError:
+        yield d
+    else:  # root ignores permission bits: /proc refuses new entries to everyone
+        (d / "probe").rmdir()
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no folder here is unwritable for this user")
+        yield Path("/proc")
+    d.chmod(0o755)
+
+
+@pytest.fixture
+def measurement(tmp_path) -> Path:
+    from diffinv.physics import measure, save_measurement
+
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return save_measurement(measure(x, "gaussian-blur", "gaussian:0.05", 0), tmp_path / "m")
+
+
+@pytest.fixture
+def image_file(tmp_path) -> Path:
+    from diffinv.data.images import save_image
+
+    return save_image(torch.zeros(1, 8, 8), tmp_path / "img.png")
+
+
+# ------------------------------------------------------------------ 1. output locations first
+@pytest.mark.parametrize("argv, message", [
+    (["solve", "{m}", "-o", "{file}"], "is a file, not a folder"),
+    (["solve", "{m}", "-o", "{file}", "--overwrite"], "--overwrite replaces a folder, never a file"),
+    (["solve", "{m}", "-o", "{file}/sub"], "is a file"),
+    (["solve", "{m}", "-o", "{locked}/out"], "cannot create"),
+    (["demo", "-o", "{file}"], "is a file, not a folder"),
+    (["demo", "-o", "{file}/sub/deeper"], "is a file"),
+    (["demo", "-o", "{locked}/demo"], "cannot create"),
+    (["sample", "-o", "{tmp}/x.txt"], "must end in .png"),
+    (["sample", "-o", "{file}/grid.png"], "is a file"),
+    (["sample", "-o", "{m}"], "is a folder, not a file"),
+    (["sample", "-o", "{tmp}/grid.png", "--tensor", "{file}/x.safetensors"], "is a file"),
+    (["sample", "-o", "{locked}/grid.png"], "cannot create"),
+    (["measure", "{img}", "--op", "identity", "-o", "{file}"], "is a file, not a folder"),
+    (["measure", "{img}", "--op", "identity", "-o", "{file}", "--overwrite"], "never a file"),
+    (["measure", "{img}", "--op", "identity", "-o", "{locked}/m"], "cannot create"),
+    (["train-prior", "--out", "{file}"], "is a file, not a folder"),
+    (["train-prior", "--out", "{tmp}/run", "--export", "{file}/x"], "is a file"),
+])
+def test_output_locations_are_checked_before_any_work(tmp_path, measurement, image_file, unwritable,
+                                                      no_compute, capsys, argv, message):
+    file = tmp_path / "taken"
+    file.write_text("not a folder\n")
+    subs = {"m": measurement, "file": file, "locked": unwritable, "tmp": tmp_path, "img": image_file}
+    before = tree(tmp_path)
+    err = refused([a.format(**subs) for a in argv], capsys)
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert tree(tmp_path) == before
+
+
+def test_save_measurement_refuses_a_file_even_with_overwrite(tmp_path):
+    from diffinv.physics import measure, save_measurement
+
+    file = tmp_path / "taken"
+    file.write_text("x")
+    m = measure(torch.zeros(1, 1, 4, 4) - 0.5, "identity", "none", 0)
+    with pytest.raises(DiffinvError, match="is a file, not a folder"):
+        save_measurement(m, file, overwrite=True)
+    assert tree(tmp_path) == {"taken"}
+
+
+# ------------------------------------------------------------------------------ 2. no CUDA
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("argv", [["solve", "{m}", "-o", "{tmp}/out", "--device", "cuda"],
+                                  ["sample", "-o", "{tmp}/g.png", "--device", "cuda:1"],
+                                  ["train-prior", "--out", "{tmp}/run", "--device", "cuda"]])
+def test_cuda_without_cuda_is_one_clear_line(tmp_path, measurement, no_compute, capsys, argv):
+    before = tree(tmp_path)
+    err = refused([a.format(m=measurement, tmp=tmp_path) for a in argv], capsys)
+    assert "sees no CUDA device" in err and "--device cpu" in err
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_load_prior_on_cuda_without_cuda():
+    from diffinv import load_prior
+
+    with pytest.raises(DiffinvError, match="sees no CUDA device"):
+        load_prior("fashion32", device="cuda")
+    with pytest.raises(DiffinvError, match="'gpu7' is not a torch device"):
+        load_prior("fashion32", device="gpu7")
+
+
