@@ -4,6 +4,7 @@ traceback), and leaves no file or folder behind. One section per numbered item o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 import diffinv.data
 from diffinv.cli import main
 from diffinv.diffusion.prior import DiffusionPrior
-from diffinv.errors import DiffinvError
+from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError
 from diffinv.solvers.base import Solver
 
 
@@ -138,5 +139,49 @@ def test_load_prior_on_cuda_without_cuda():
         load_prior("fashion32", device="cuda")
     with pytest.raises(DiffinvError, match="'gpu7' is not a torch device"):
         load_prior("fashion32", device="gpu7")
+
+
+# ------------------------------------------------------------------ 3. hand-edited records
+def _edit(spec: dict, case: str):
+    if case == "no config":
+        del spec["config"]
+    elif case == "missing tensor":
+        spec["params"] = ["kernel"]
+    elif case == "seed zero":
+        spec["seed"] = "zero"
+    elif case == "a list":
+        return [spec]
+    return spec
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no config", "lacks 'config'"),
+    ("missing tensor", "names the tensor 'param.kernel'"),
+    ("seed zero", "'seed' must be an integer, got 'zero'"),
+    ("a list", "does not hold a JSON object"),
+])
+def test_hand_edited_records_are_refused_on_load(measurement, tmp_path, capsys, case, message):
+    from diffinv.physics import load_measurement
+
+    spec_path = measurement / "spec.json"
+    spec_path.write_text(json.dumps(_edit(json.loads(spec_path.read_text()), case)))
+    with pytest.raises(IntegrityError, match=message):
+        load_measurement(measurement)
+    before = tree(tmp_path)
+    err = refused(["solve", str(measurement), "--solver", "ddrm", "-o", str(tmp_path / "out")],
+                  capsys)
+    assert message.split("'")[0] in err and tree(tmp_path) == before
+
+
+def test_a_missing_truth_file_is_reported_as_such(measurement, tmp_path, capsys):
+    from diffinv.physics import load_measurement
+
+    (measurement / "truth.safetensors").unlink()
+    with pytest.raises(MissingAssetError, match="truth.safetensors.*is missing"):
+        load_measurement(measurement)
+    assert load_measurement(measurement, truth=False).x is None  # what a solver needs is there
+    before = tree(tmp_path)
+    err = refused(["solve", str(measurement), "--solver", "ddrm", "-o", str(tmp_path / "o")], capsys)
+    assert "is missing" in err and tree(tmp_path) == before
 
 
