@@ -185,3 +185,44 @@ def test_a_missing_truth_file_is_reported_as_such(measurement, tmp_path, capsys)
     assert "is missing" in err and tree(tmp_path) == before
 
 
+# ------------------------------------------------------------------------------- 4. parsing
+@pytest.mark.parametrize("sel, message", [("5-2", "empty range '5-2'"),
+                                          ("-1", "'-1' is not an index"),
+                                          ("3,", "'' is not an index"),
+                                          ("1-x", "'1-x' is not an index")])
+def test_bad_index_ranges_fail_before_loading(no_compute, sel, message):
+    with pytest.raises(DiffinvError, match=message):
+        diffinv.data.get_images(f"fashion32:test:{sel}")
+
+
+def test_measure_size_zero_is_refused_by_the_parser(tmp_path, image_file, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["measure", str(image_file), "--op", "identity", "--size", "0", "-o",
+              str(tmp_path / "m")])
+    assert e.value.code == 2 and "must be an integer >= 1, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("param, message", [
+    ("steps=abc", "parameter 'steps' of solver 'ddrm' must be an integer, got 'abc'"),
+    ("steps=2.5", "must be an integer, got 2.5"),
+    ("stpes=10", "solver 'ddrm' has no parameter 'stpes'; its parameters: eta, eta_b, spacing, "
+                 "steps"),
+])
+def test_solver_parameters_are_checked(measurement, tmp_path, no_compute, capsys, param, message):
+    err = refused(["solve", str(measurement), "--solver", "ddrm", "-p", param, "-o",
+                   str(tmp_path / "out")], capsys)
+    assert message in err and not (tmp_path / "out").exists()
+
+
+def test_attention_at_a_resolution_the_network_lacks_is_refused(tmp_path):
+    from diffinv.learn.trainer import TrainConfig, train_prior
+
+    cfg = TrainConfig(out=str(tmp_path / "run"), steps=2, batch=2,
+                      unet=dict(base_channels=8, channel_mults=[1, 2, 2], num_res_blocks=1,
+                                attention_resolutions=[7]))
+    with pytest.raises(DiffinvError, match=r"attention resolution 7 .* 32, 16, 8"):
+        train_prior(cfg, data=torch.zeros(4, 1, 32, 32), progress=False)
+    assert tree(tmp_path) == set()
+
+

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from diffinv.cli import positive_int
+
 HELP = "make a measurement y = A(x) + n from images or a data set and save it (--list: models)"
 
 
@@ -25,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3],
                    help="image files: 1 = gray, 3 = RGB")
-    p.add_argument("--size", type=int, default=None, help="image files: centre-crop and resize")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="image files: centre-crop to a square and resize to SIZE x SIZE")
     p.add_argument("--domain", default=None, help="prior domain recorded in the spec (default: "
                    "the data set's name, or 'image')")
     p.add_argument("--list", action="store_true", help="list operators and noise models")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from diffinv.cli import int_list
+
 HELP = ("train or resume the supervised blind-deblurring UNet (solver supervised-unet) on "
         "blind-blurred + noisy pairs of a train split")
-
-
-def _ints(s: str) -> list[int]:
-    return [int(v) for v in s.split(",") if v]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma-max", type=float, default=0.05,
                    help="noise std drawn in [0, sigma_max] per sample ([-1, 1] units)")
     p.add_argument("--base", type=int, default=32, help="channels of the first level")
-    p.add_argument("--mults", type=_ints, default=[1, 2, 4], help="channel multipliers")
+    p.add_argument("--mults", type=int_list, default=[1, 2, 4], help="channel multipliers")
     p.add_argument("--blocks", type=int, default=2, help="residual blocks per level")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")

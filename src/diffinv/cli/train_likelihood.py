@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from diffinv.cli import int_list
+
 HELP = "train or resume CL-DPS's contrastive (MoCo) likelihood encoder on random blind measurements"
-
-
-def _ints(s: str) -> list[int]:
-    return [int(v) for v in s.split(",") if v]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key-abar-min", type=float, default=0.0,
                    help="positives are diffused to abar ~ U(this, 1) (0: the snapshot's U(0, 1))")
     p.add_argument("--width", type=int, default=32, help="first stage width of the ResNet")
-    p.add_argument("--blocks", type=_ints, default=[1, 1, 1], help="residual blocks per stage")
+    p.add_argument("--blocks", type=int_list, default=[1, 1, 1], help="residual blocks per stage")
     p.add_argument("--dim", type=int, default=128, help="embedding dimension")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=100)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from diffinv.cli import int_list
+
 HELP = "train or resume an eps-prediction UNet prior (EMA, checkpoints, torchrun DDP)"
-
-
-def _ints(s: str) -> list[int]:
-    return [int(v) for v in s.split(",") if v]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--base-channels", type=int, default=32)
-    p.add_argument("--channel-mults", type=_ints, default=[1, 2, 2, 2])
+    p.add_argument("--channel-mults", type=int_list, default=[1, 2, 2, 2])
     p.add_argument("--num-res-blocks", type=int, default=2)
-    p.add_argument("--attention", type=_ints, default=[8], help="resolutions with self-attention")
+    p.add_argument("--attention", type=int_list, default=[8], help="resolutions with self-attention")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

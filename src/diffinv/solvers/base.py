@@ -123,7 +123,42 @@ def make_solver(name: str, *, preset: str | None = None, operator: str | None = 
         from diffinv.solvers.presets import preset_params
 
         params = {**preset_params(preset, name, operator), **params}
+    check_parameters(name, _REGISTRY[name], params)
     try:
         return _REGISTRY[name](**params)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise DiffinvError(f"bad parameters for solver {name!r}: {e}") from e
+
+
+def _kind_of(default: Any) -> tuple[str, Callable[[Any], bool]] | None:
+    """What a parameter with this default must be: (words, test); None for no default type."""
+    if isinstance(default, bool):
+        return "true or false", lambda v: isinstance(v, bool)
+    if isinstance(default, int):
+        return "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(default, float):
+        return "a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+    if isinstance(default, str):
+        return "a string", lambda v: isinstance(v, str)
+    return None
+
+
+def check_parameters(name: str, factory: Callable[..., Solver], params: dict[str, Any]) -> None:
+    """Refuse a parameter that solver ``name`` does not take (listing those it takes) and a value
+    whose type differs from the parameter's default (``steps="abc"``, ``steps=2.5``)."""
+    import inspect
+
+    sig = inspect.signature(factory)
+    taken = {k: p for k, p in sig.parameters.items()
+             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    for key, value in params.items():
+        if key not in taken:
+            if open_ended:
+                continue
+            raise DiffinvError(f"solver {name!r} has no parameter {key!r}; its parameters: "
+                               f"{', '.join(sorted(taken)) or '(none)'}")
+        kind = _kind_of(taken[key].default)
+        if kind is not None and not kind[1](value):
+            raise DiffinvError(f"parameter {key!r} of solver {name!r} must be {kind[0]}, "
+                               f"got {value!r}")
