@@ -226,3 +226,43 @@ def test_attention_at_a_resolution_the_network_lacks_is_refused(tmp_path):
     assert tree(tmp_path) == set()
 
 
+# ------------------------------------------------------------------------- 5. Python API
+def test_measure_checks_the_truth_is_in_minus_one_one():
+    from diffinv.errors import RangeWarning
+    from diffinv.physics import measure
+
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(DiffinvError, match=r"x / 127\.5 - 1"):
+        measure(x * 255, "gaussian-blur", "gaussian:0.05", 0)
+    with pytest.warns(RangeWarning, match=r"2 \* x - 1"):
+        measure(x, "gaussian-blur", "gaussian:0.05", 0)
+
+
+def test_solvers_refuse_a_measurement_of_0_255_images(tiny_prior):
+    from diffinv import load_prior
+    from diffinv.physics import measure
+    from diffinv.solvers import make_solver
+
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    m = measure(x, "gaussian-blur", "gaussian:0.05", 0)
+    prior = load_prior(tiny_prior)
+    for name in ("ddrm", "dps", "dmplug"):
+        with pytest.raises(DiffinvError, match=r"mean 1[0-9]{2}\..*\[0, 255\]"):
+            make_solver(name)((m.y + 1) * 127.5, m.public(), prior)
+    with pytest.raises(DiffinvError, match="prior must be a DiffusionPrior.*load_prior"):
+        make_solver("ddrm")(m.y, m.public(), "fashion32")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p: p.sample(1, steps=0), "steps must be an integer >= 1, got 0"),
+    (lambda p: p.sample(1, steps=2.5), "steps must be an integer >= 1, got 2.5"),
+    (lambda p: p.sample(0), "n must be an integer >= 1, got 0"),
+    (lambda p: p.sample(1, steps=2, eta=-1.0, method="ddim"), "eta must lie in"),
+])
+def test_prior_sample_checks_its_arguments(tiny_prior, call, message):
+    from diffinv import load_prior
+
+    with pytest.raises(DiffinvError, match=message):
+        call(load_prior(tiny_prior))
+
+

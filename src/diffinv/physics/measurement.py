@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffinv.checks import check_image, check_output_folder
+from diffinv.checks import check_image, check_image_range, check_output_folder
 from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError, ShapeError
 from diffinv.fileio import atomic_folder
 from diffinv.physics.base import Operator
 from diffinv.physics.kernels import check_kernel
 from diffinv.physics.noise import NoiseModel, make_noise
-from diffinv.physics.registry import OPERATORS, make_operator
+from diffinv.physics.registry import OPERATORS, is_image_like, make_operator
 from diffinv.seeding import image_generators
 
 FORMAT = "diffinv-measurement"
@@ -94,12 +94,15 @@ def measure(x: Tensor, operator: str | Operator, noise: str | NoiseModel, seed: 
             params: dict[str, Tensor] | None = None) -> Measurement:
     """Make ``y = A(x; theta) + n`` with per-image seeded ``theta`` and ``n``.
 
+    ``x``: the true images (B, C, H, W) in [-1, 1] (checked: values outside raise, a batch with no
+    value below 0 warns that it looks like [0, 1]; :func:`~diffinv.checks.check_image_range`).
     ``operator``: a registered name or an operator from :func:`make_operator`; ``noise``: a spec
     such as ``"gaussian:0.05"``; ``indices``: the images' indices in their data set (default
     ``0..B-1``), which select their random streams; ``params``: per-image operator parameters to use
     instead of drawing them (validated, e.g. kernels must be non-negative and sum to 1).
     """
     check_image(x, "x")
+    check_image_range(x, "x")
     op = make_operator(operator) if isinstance(operator, str) else operator
     name = getattr(op, "registry_name", None)
     if not isinstance(op, Operator) or name is None:
@@ -195,9 +198,7 @@ def save_measurement(m: Measurement, directory: str | os.PathLike, *,
             "true_params": sorted(m.true_params),
         }
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-        entry = OPERATORS.get(m.operator)
-        _write_png(m.y, tmp / PNG_FILE, getattr(entry.factory if entry else None, "image_like",
-                                                True))
+        _write_png(m.y, tmp / PNG_FILE, is_image_like(m.operator))
     return out
 
 

@@ -17,6 +17,7 @@ an operator that lacks it with a message naming what is missing.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Solver:
                  seed: int | Sequence[torch.Generator] = 0) -> Result:
         from diffinv.seeding import batch_generators
 
+        check_call(y, physics, prior)
         gens = batch_generators(seed, y.shape[0])
         prior.reset_nfe()
         t0 = time.perf_counter()
@@ -77,6 +79,23 @@ class Solver:
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
         return Result(x=x.detach(), nfe=prior.nfe, seconds=time.perf_counter() - t0, trace=trace)
+
+
+def check_call(y: Any, physics: Any, prior: Any) -> None:
+    """What every solver checks on entry: ``y`` is a tensor of a batch, ``prior`` is a loaded
+    prior (not its name), and an image-like ``y`` was made from images in [-1, 1]
+    (:func:`~diffinv.checks.check_measurement_range`: its per-image mean, which noise does not
+    move; a [0, 255] measurement is refused, a [0, 1] one cannot be told from a bright image)."""
+    from diffinv.checks import check_measurement_range
+    from diffinv.physics.registry import is_image_like
+
+    if not isinstance(y, torch.Tensor) or y.ndim < 2:
+        raise DiffinvError(f"y must be a batched tensor (B, ...), got {type(y).__name__}")
+    if isinstance(prior, str | os.PathLike) or not callable(getattr(prior, "reset_nfe", None)):
+        raise DiffinvError(f"prior must be a DiffusionPrior, got {type(prior).__name__} {prior!r}; "
+                           "load one first: diffinv.load_prior('fashion32')")
+    if is_image_like(getattr(physics, "operator", None)) and torch.isfinite(y).all():
+        check_measurement_range(y, "y")
 
 
 _REGISTRY: dict[str, Callable[..., Solver]] = {}
