@@ -266,3 +266,27 @@ def test_prior_sample_checks_its_arguments(tiny_prior, call, message):
         call(load_prior(tiny_prior))
 
 
+# --------------------------------------------------------------- 6. bench: check, then write
+def test_bench_checks_solver_against_operator_before_writing(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import diffinv
+    from diffinv.bench import BenchConfigError, run_benchmark
+    from diffinv.data import ImageSet
+
+    monkeypatch.setattr(diffinv.data, "load_split", lambda ds, split: ImageSet(
+        ds, split, torch.zeros(2, 1, 32, 32), torch.zeros(2, dtype=torch.long)))
+    monkeypatch.setattr(diffinv, "load_prior", lambda *a, **k: SimpleNamespace(
+        sha256="5e" * 32, domain="fashion32", name="fake", precision="fp32"))
+    (tmp_path / "t.toml").write_text(
+        'methods = ["dps", "ddrm"]\n'
+        'tasks = [{name = "rot", operator = "rotation-blur", noise = "gaussian:0.05"}]\n'
+        'priors = ["fashion32"]\nmetrics = ["psnr"]\n'
+        '[run]\nname = "t"\nseed = 0\ndataset = "fashion32:test"\nn_images = 1\n'
+        'output = "out"\n')
+    with pytest.raises(BenchConfigError, match="method 'ddrm' on task 'rot': solver 'ddrm' "
+                                               "needs an SVD"):
+        run_benchmark(tmp_path / "t.toml", progress=False)
+    assert tree(tmp_path) == {"t.toml"}
+
+
