@@ -5,6 +5,8 @@ traceback), and leaves no file or folder behind. One section per numbered item o
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -288,5 +290,38 @@ def test_bench_checks_solver_against_operator_before_writing(tmp_path, monkeypat
                                                "needs an SVD"):
         run_benchmark(tmp_path / "t.toml", progress=False)
     assert tree(tmp_path) == {"t.toml"}
+
+
+# ------------------------------------------------------------------------------ 7. messages
+def test_a_refused_pickle_says_so_and_nothing_more(tmp_path):
+    from diffinv import load_prior
+    from diffinv.learn.checkpoint import load_checkpoint
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Path("x")}, path)  # a pickled object that is not a tensor
+    for load in (load_prior, load_checkpoint):
+        with pytest.raises(IntegrityError) as e:
+            load(path)
+        msg = str(e.value)
+        assert "refused" in msg and "pathlib" in msg and "run arbitrary code" in msg
+        assert "weights_only" not in msg and "False" not in msg and "\n" not in msg
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(path.read_bytes()[:40])
+    for p in (raw, trunc):
+        with pytest.raises(IntegrityError, match="refused|not a readable") as e:
+            load_prior(p)
+        assert "weights_only" not in str(e.value)
+
+
+def test_an_unrelated_json_beside_a_training_checkpoint_is_not_an_adm_config(tiny_prior, tmp_path):
+    from diffinv import load_prior
+
+    ckpt = tiny_prior.parent.parent / "run" / "checkpoint.pt"
+    mine = tmp_path / "checkpoint.pt"
+    shutil.copy(ckpt, mine)
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"notes": "my run", "lr": 1e-3}))
+    assert load_prior(mine).image_shape == (1, 32, 32)
 
 
