@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import diffinv.data
-from diffinv.cli import main
+from diffinv.cli import build_parser, main
 from diffinv.diffusion.prior import DiffusionPrior
 from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError
 from diffinv.solvers.base import Solver
@@ -325,3 +325,43 @@ def test_an_unrelated_json_beside_a_training_checkpoint_is_not_an_adm_config(tin
     assert load_prior(mine).image_shape == (1, 32, 32)
 
 
+# ---------------------------------------------------------------------------------- 8. help
+def _subparsers():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices
+
+
+def test_every_option_of_every_command_has_help():
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}"
+               for name, p in _subparsers().items() for a in p._actions
+               if not a.help and a.dest != "help"]
+    assert missing == []
+
+
+def test_help_texts_say_what_the_defaults_do():
+    helps = {name: p.format_help() for name, p in _subparsers().items()}
+    assert "about a minute" in helps["demo"]
+    assert "gaussian:SIGMA" in helps["measure"] and "poisson:LAMBDA" in helps["demo"]
+    assert "comma-separated" in helps["train-prior"]
+    lines = helps["solve"].splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("ddrm"))
+    assert "20 SVD-domain steps" in lines[at] and "tuned32: steps=100" in lines[at + 1]
+    ilvr = next(line for line in helps["solve"].splitlines() if line.strip().startswith("ilvr"))
+    assert "sr-avgpool" in ilvr.split("]")[0]
+    assert "[run]" in helps["bench"] and "methods = [" in helps["bench"]
+
+
+
+def test_the_task_file_format_in_bench_help_is_a_valid_task_file(tmp_path):
+    import sys
+    import textwrap
+
+    from diffinv.bench.plan import load_plan
+    from diffinv.bench.spec import TASK_FILE_FORMAT
+
+    toml = textwrap.dedent("\n".join(line for line in TASK_FILE_FORMAT.splitlines()
+                                      if line.startswith("  ")))
+    (tmp_path / "t.toml").write_text(toml)
+    if sys.version_info >= (3, 11):
+        plan = load_plan(tmp_path / "t.toml")
+        assert plan.name == "linear" and len(plan.cells) == 2

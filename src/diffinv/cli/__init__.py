@@ -47,6 +47,15 @@ def int_list(text: str) -> list[int]:
                                          f"got {text!r}") from None
 
 
+def noise_help(default: str) -> str:
+    """Help text of a ``--noise`` option: the spec syntax of every noise model."""
+    from diffinv.physics import list_noise_models
+
+    specs = ", ".join(name for name, _ in list_noise_models())
+    return (f"noise spec: {specs} (default {default}); SIGMA in [-1, 1] units, LAMBDA counts at "
+            "white; `diffinv measure --list` describes each")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffinv",

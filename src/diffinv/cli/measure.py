@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from diffinv.cli import positive_int
+from diffinv.cli import noise_help, positive_int
 
 HELP = "make a measurement y = A(x) + n from images or a data set and save it (--list: models)"
 
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--op", help="operator name (see --list)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="operator setting, e.g. -p std=2.0 -p boundary=reflect (repeatable)")
-    p.add_argument("--noise", default="gaussian:0.05", help="noise spec (default gaussian:0.05)")
+    p.add_argument("--noise", default="gaussian:0.05", help=noise_help("gaussian:0.05"))
     p.add_argument("--seed", type=int, default=0, help="run seed; image i's randomness derives "
                    "from (seed, its index)")
     p.add_argument("-o", "--output", help="output folder")

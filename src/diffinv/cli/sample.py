@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prior", default="fashion32", help="embedded prior name or weights path")
     p.add_argument("-n", type=positive_int, default=64, help="number of samples")
     p.add_argument("-o", "--output", default="samples.png", help="PNG grid to write")
-    p.add_argument("--method", choices=["ddpm", "ddim"], default="ddim")
+    p.add_argument("--method", choices=["ddpm", "ddim"], default="ddim",
+                   help="ddim (default; --eta 0: deterministic) or ddpm ancestral sampling")
     p.add_argument("--steps", type=positive_int, default=100, help="sampler steps (ddpm: respaced)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument(
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch", type=positive_int, default=64, help="images per network call")
     p.add_argument("--tensor", default=None, help="also save the exact samples as safetensors")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1 ...")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="network arithmetic: bf16 = bfloat16 autocast, faster on CPUs with AVX512-BF16 "
                    "(see benchmarks/precision.md), slightly different numbers")

@@ -49,6 +49,9 @@ class Solver:
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     summary: ClassVar[str] = ""
+    #: the only operators (registry names) the solver accepts, for its help; empty: any operator
+    #: that meets ``requires`` (``check_operator`` enforces it)
+    operators: ClassVar[tuple[str, ...]] = ()
 
     def check_operator(self, operator: Any) -> None:
         missing = []
@@ -124,9 +127,11 @@ def _load_builtin() -> None:
 
 
 def list_solvers() -> list[tuple[str, str, tuple[str, ...]]]:
-    """(name, one-line summary, requirements) of every registered solver."""
+    """(name, one-line summary, requirements) of every registered solver; a solver that accepts
+    only some operators names them instead (``("sr-avgpool only",)``)."""
     _load_builtin()
-    return [(n, c.summary, c.requires) for n, c in sorted(_REGISTRY.items())]  # type: ignore[attr-defined]
+    return [(n, c.summary, (f"{' or '.join(c.operators)} only",) if c.operators else c.requires)  # type: ignore[attr-defined]
+            for n, c in sorted(_REGISTRY.items())]
 
 
 def make_solver(name: str, *, preset: str | None = None, operator: str | None = None,
