@@ -72,6 +72,9 @@ def check_device(device: str | torch.device, where: str = "device") -> torch.dev
 # --------------------------------------------------------------------------- the [-1, 1] range
 #: how far a truth image may stray outside [-1, 1] (resampling overshoot) before it is refused
 IMAGE_RANGE_SLACK = 0.05
+#: a batch with no value below 0 that reaches above this looks like [0, 1] images (a [0, 1] image
+#: spans about 0..1; a mid-tone [-1, 1] image, e.g. a toy prior's sample, stays below it)
+UNIT_RANGE_HINT = 0.75
 #: a measurement of images in [-1, 1] averages within [-1, 1] whatever its (zero-mean or
 #: unbiased) noise; an image of y whose mean lies beyond +-this was made from other units
 MEASUREMENT_MEAN_LIMIT = 1.5
@@ -82,14 +85,15 @@ def check_image_range(x: torch.Tensor, name: str = "x") -> torch.Tensor:
     """Check the [-1, 1] image contract of a truth image ``x`` (B, C, H, W).
 
     Values beyond [-1, 1] by more than :data:`IMAGE_RANGE_SLACK` raise :class:`DiffinvError`;
-    a batch with no value below 0 warns (:class:`~diffinv.errors.RangeWarning`): it is most
-    likely in [0, 1] (a bright [-1, 1] image with no dark half is possible, hence no error).
+    a batch with no value below 0 that reaches above :data:`UNIT_RANGE_HINT` warns
+    (:class:`~diffinv.errors.RangeWarning`): it is most likely in [0, 1] (a bright [-1, 1] image
+    with no dark half is possible, hence no error).
     """
     lo, hi = float(x.detach().amin()), float(x.detach().amax())
     if lo < -1 - IMAGE_RANGE_SLACK or hi > 1 + IMAGE_RANGE_SLACK:
         raise DiffinvError(f"{name} has values in [{lo:.4g}, {hi:.4g}]; diffinv images are in "
                            f"[-1, 1]: {RESCALE_HINT}")
-    if lo >= 0 and hi > 0:
+    if lo >= 0 and hi > UNIT_RANGE_HINT:
         warnings.warn(f"{name} has no value below 0 (range [{lo:.4g}, {hi:.4g}]): diffinv images "
                       f"are in [-1, 1], so this looks like a [0, 1] image; {RESCALE_HINT} "
                       "(ignore this if it is a bright [-1, 1] image)", RangeWarning, stacklevel=3)

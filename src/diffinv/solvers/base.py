@@ -154,22 +154,25 @@ def make_solver(name: str, *, preset: str | None = None, operator: str | None = 
         raise DiffinvError(f"bad parameters for solver {name!r}: {e}") from e
 
 
-def _kind_of(default: Any) -> tuple[str, Callable[[Any], bool]] | None:
-    """What a parameter with this default must be: (words, test); None for no default type."""
+def _kind_of(param: Any) -> tuple[str, Callable[[Any], bool]] | None:
+    """What a parameter must be, from its numeric or boolean default: (words, test); None where
+    the default says nothing (None, a string, an object) or the annotation allows other types."""
+    default, note = param.default, str(param.annotation)
+    if "Any" in note or "|" in note:
+        return None
     if isinstance(default, bool):
         return "true or false", lambda v: isinstance(v, bool)
     if isinstance(default, int):
         return "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)
     if isinstance(default, float):
         return "a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-    if isinstance(default, str):
-        return "a string", lambda v: isinstance(v, str)
     return None
 
 
 def check_parameters(name: str, factory: Callable[..., Solver], params: dict[str, Any]) -> None:
     """Refuse a parameter that solver ``name`` does not take (listing those it takes) and a value
-    whose type differs from the parameter's default (``steps="abc"``, ``steps=2.5``)."""
+    that is not of the kind of the parameter's numeric or boolean default (``steps="abc"``,
+    ``steps=2.5``)."""
     import inspect
 
     sig = inspect.signature(factory)
@@ -182,7 +185,7 @@ def check_parameters(name: str, factory: Callable[..., Solver], params: dict[str
                 continue
             raise DiffinvError(f"solver {name!r} has no parameter {key!r}; its parameters: "
                                f"{', '.join(sorted(taken)) or '(none)'}")
-        kind = _kind_of(taken[key].default)
+        kind = _kind_of(taken[key])
         if kind is not None and not kind[1](value):
             raise DiffinvError(f"parameter {key!r} of solver {name!r} must be {kind[0]}, "
                                f"got {value!r}")
