@@ -111,7 +111,7 @@ def test_stlpips_file_must_fit_strictly(tmp_path):
     with pytest.raises(IntegrityError, match="slice6"):
         S.load_stlpips(path=str(tmp_path / "extra.pth"))
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(IntegrityError, match="cannot read"):
+    with pytest.raises(IntegrityError, match="not a readable torch file"):
         S.load_stlpips(path=str(tmp_path / "junk.pth"))
 
 

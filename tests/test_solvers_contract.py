@@ -111,7 +111,7 @@ def test_refuses_blind_and_other_domain(gaussian_problem):
 def test_unknown_solver_lists_known():
     with pytest.raises(DiffinvError, match="known: .*ddrm.*dps"):
         make_solver("dsp")
-    with pytest.raises(DiffinvError, match="bad parameters"):
+    with pytest.raises(DiffinvError, match="no parameter .nonsense.; its parameters: eta, sampler"):
         make_solver("dps", nonsense=1)
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
 import torch
 
-from diffinv.errors import NonFiniteError, ShapeError
+from diffinv.errors import DiffinvError, NonFiniteError, RangeWarning, ShapeError
 
 
 def check_image(
@@ -32,3 +37,147 @@ def check_image(
         bad = (~torch.isfinite(x)).sum().item()
         raise NonFiniteError(f"{name} contains {bad} NaN/Inf values")
     return x
+
+
+# ------------------------------------------------------------------------ numbers and devices
+def check_count(value: object, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; bools, floats (even 3.0) and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DiffinvError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_device(device: str | torch.device, where: str = "device") -> torch.device:
+    """``device`` as a :class:`torch.device` that this machine has, before anything runs on it.
+
+    A string that is not a torch device, and a CUDA device on a machine (or a torch build) without
+    CUDA or without that many GPUs, raise :class:`DiffinvError` naming ``where`` it came from.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise DiffinvError(f"{where} {str(device)!r} is not a torch device: {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DiffinvError(f"{where} {str(device)!r}: this torch ({torch.__version__}) sees no "
+                               "CUDA device; use the CPU (--device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DiffinvError(f"{where} {str(device)!r}: this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DiffinvError(f"{where} {str(device)!r}: this torch sees no MPS device; use cpu")
+    return dev
+
+
+# --------------------------------------------------------------------------- the [-1, 1] range
+#: how far a truth image may stray outside [-1, 1] (resampling overshoot) before it is refused
+IMAGE_RANGE_SLACK = 0.05
+#: a batch with no value below 0 that reaches above this looks like [0, 1] images (a [0, 1] image
+#: spans about 0..1; a mid-tone [-1, 1] image, e.g. a toy prior's sample, stays below it)
+UNIT_RANGE_HINT = 0.75
+#: a measurement of images in [-1, 1] averages within [-1, 1] whatever its (zero-mean or
+#: unbiased) noise; an image of y whose mean lies beyond +-this was made from other units
+MEASUREMENT_MEAN_LIMIT = 1.5
+RESCALE_HINT = "rescale [0, 255] images with x / 127.5 - 1 and [0, 1] images with 2 * x - 1"
+
+
+def check_image_range(x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    """Check the [-1, 1] image contract of a truth image ``x`` (B, C, H, W).
+
+    Values beyond [-1, 1] by more than :data:`IMAGE_RANGE_SLACK` raise :class:`DiffinvError`;
+    a batch with no value below 0 that reaches above :data:`UNIT_RANGE_HINT` warns
+    (:class:`~diffinv.errors.RangeWarning`): it is most likely in [0, 1] (a bright [-1, 1] image
+    with no dark half is possible, hence no error).
+    """
+    lo, hi = float(x.detach().amin()), float(x.detach().amax())
+    if lo < -1 - IMAGE_RANGE_SLACK or hi > 1 + IMAGE_RANGE_SLACK:
+        raise DiffinvError(f"{name} has values in [{lo:.4g}, {hi:.4g}]; diffinv images are in "
+                           f"[-1, 1]: {RESCALE_HINT}")
+    if lo >= 0 and hi > UNIT_RANGE_HINT:
+        warnings.warn(f"{name} has no value below 0 (range [{lo:.4g}, {hi:.4g}]): diffinv images "
+                      f"are in [-1, 1], so this looks like a [0, 1] image; {RESCALE_HINT} "
+                      "(ignore this if it is a bright [-1, 1] image)", RangeWarning, stacklevel=3)
+    return x
+
+
+def check_measurement_range(y: torch.Tensor, name: str = "y") -> torch.Tensor:
+    """Refuse an image-like measurement ``y`` whose per-image mean shows it was not made from
+    [-1, 1] images (e.g. from [0, 255] ones).
+
+    Only the mean is checked: noise (Poisson at a low rate, impulses) may push single values of
+    a correct measurement far beyond [-1, 1], but not its mean. A measurement of [0, 1] images
+    cannot be told apart from one of bright [-1, 1] images and passes (:func:`measure` warns).
+    """
+    means = y.detach().flatten(1).float().mean(1)
+    bad = (means.abs() > MEASUREMENT_MEAN_LIMIT).nonzero().flatten().tolist()
+    if bad:
+        i = bad[0]
+        raise DiffinvError(
+            f"{name} (image {i} of the batch) has mean {float(means[i]):.4g}, but a measurement of "
+            "images in [-1, 1] has its mean in [-1, 1] whatever its noise: was it made from "
+            f"[0, 255] or otherwise scaled images? Measure images in [-1, 1] ({RESCALE_HINT})")
+    return y
+
+
+# ----------------------------------------------------------------------------- output locations
+def _first_non_folder(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` that is not a folder (so nothing can go under it)."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable(folder: Path, target: Path) -> None:
+    """Create and remove a probe file in ``folder``, the nearest existing folder of ``target``."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise DiffinvError(f"cannot create {target}: {folder} is not writable "
+                           f"({e.strerror or e})") from None
+
+
+def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False,
+                        replace: bool = True) -> Path:
+    """Check, before any work, that output folder ``path`` can be written; returns it as a Path.
+
+    ``replace=True``: the folder is written aside and renamed over ``path``
+    (:func:`~diffinv.fileio.atomic_folder`), so an existing non-empty folder needs ``overwrite``;
+    ``replace=False``: files are written into the folder (a run folder that resumes, the demo).
+    A path that is a file, lies under a file or cannot be created raises :class:`DiffinvError`.
+    Creates nothing.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        hint = " (--overwrite replaces a folder, never a file)" if overwrite else ""
+        raise DiffinvError(f"output folder {out} is a file, not a folder{hint}")
+    blocker = _first_non_folder(out)
+    if blocker is not None:
+        raise DiffinvError(f"cannot create output folder {out}: {blocker} is a file")
+    if replace and out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DiffinvError(f"{out} exists and is not empty (overwrite it with --overwrite / "
+                           "overwrite=True)")
+    _check_writable(_nearest_existing(out.parent if replace else out), out)
+    return out
+
+
+def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...] = ()) -> Path:
+    """Check, before any work, that file ``path`` can be written (an existing file is replaced);
+    ``suffixes`` (lower case, with the dot) limits its extension. Creates nothing."""
+    out = Path(path)
+    if out.is_dir():
+        raise DiffinvError(f"output file {out} is a folder, not a file")
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise DiffinvError(f"output file {out} must end in {' or '.join(suffixes)}")
+    blocker = _first_non_folder(out)
+    if blocker is not None:
+        raise DiffinvError(f"cannot create output file {out}: {blocker} is a file")
+    _check_writable(_nearest_existing(out.parent), out)
+    return out

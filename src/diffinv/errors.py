@@ -30,3 +30,7 @@ class ShapeError(DiffinvError, ValueError):
 
 class NonFiniteError(DiffinvError, FloatingPointError):
     """NaN or Inf where finite values are required."""
+
+
+class RangeWarning(UserWarning):
+    """An image looks as if it broke the [-1, 1] contract (e.g. it lies in [0, 1])."""

@@ -247,20 +247,14 @@ def override_device(plan: Plan, device: str | None) -> Plan:
     is not a torch device and for a CUDA device (``device`` or, without it, the task file's) on a
     machine without one: called before a run computes anything, not for ``--report-only``.
     """
-    import torch
+    from diffinv.checks import check_device
+    from diffinv.errors import DiffinvError
 
     where = "--device" if device is not None else f"{plan.task.path}: [run] device"
-    if device is not None:
-        try:
-            torch.device(device)
-        except (RuntimeError, ValueError) as e:
-            raise BenchConfigError(f"--device {device!r} is not a torch device: {e}") from None
-    target = plan.device if device is None else device
-    if torch.device(target).type == "cuda" and not torch.cuda.is_available():
-        hint = (f"leave --device out to use the task file's ({plan.device!r})" if device is not None
-                else "run it with --device cpu (rows record where they ran)")
-        raise BenchConfigError(f"{where} {target!r}: this torch ({torch.__version__}) sees no CUDA "
-                               f"device; {hint}")
+    try:
+        check_device(plan.device if device is None else device, where)
+    except DiffinvError as e:
+        raise BenchConfigError(str(e)) from None
     return plan if device is None else replace(plan, device=device)
 
 

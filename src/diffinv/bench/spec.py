@@ -43,6 +43,35 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 
+#: the task-file format in brief, printed by ``diffinv bench --help`` (benchmarks/README.md, which
+#: pip does not install, explains it at length)
+TASK_FILE_FORMAT = """\
+task file format (TOML; grid lists come first: keys written after [run] belong to [run]):
+
+  # a value: a name, or a table of name, optional label (shown) and parameters
+  methods = ["dps", {name = "ddrm", eta = 0.85, label = "DDRM"}]
+  tasks = [{name = "sr4", operator = "sr-avgpool", factor = 4, noise = "gaussian:0.05"}]
+  priors = ["fashion32"]                  # or {name = ..., path = "w.safetensors", precision}
+  metrics = ["psnr", "ssim"]
+
+  [[cell]]                                # optional sub-grids instead of the full product
+  methods = ["dps", "DDRM"]               # a label of a top-level value stands for it
+  tasks = ["sr4"]
+  n_images = 20                           # its own target N
+
+  [run]
+  name = "linear"                         # writes NAME.jsonl, NAME.md, NAME.csv
+  kind = "restore"                        # job kind (default restore)
+  seed = 0                                # per-image seeds derive from (seed, image index)
+  output = "out"                          # relative to the task file
+  dataset = "fashion32:test"              # restore: images 0 .. n_images - 1
+  n_images = 50                           # target N per cell
+  batch_size = 8                          # images per solver call
+  device = "cpu"                          # or "cuda"
+
+Every name, parameter and (method, task) pair is checked before anything is written."""
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no spaces: the byte string every digest is taken over."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)

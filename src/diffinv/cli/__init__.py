@@ -27,6 +27,35 @@ COMMAND_MODULES = [
 ]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--size 0`` is a usage error, not a traceback later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated integers, e.g. ``1,2,2,2`` (empty: none)."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,2, "
+                                         f"got {text!r}") from None
+
+
+def noise_help(default: str) -> str:
+    """Help text of a ``--noise`` option: the spec syntax of every noise model."""
+    from diffinv.physics import list_noise_models
+
+    specs = ", ".join(name for name, _ in list_noise_models())
+    return (f"noise spec: {specs} (default {default}); SIGMA in [-1, 1] units, LAMBDA counts at "
+            "white; `diffinv measure --list` describes each")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffinv",

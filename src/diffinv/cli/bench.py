@@ -5,21 +5,25 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import textwrap
+
+from diffinv.bench.spec import TASK_FILE_FORMAT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench",
         help="run or resume a benchmark task file and render its Markdown/CSV tables",
-        description=(
+        description=textwrap.fill(
             "Run the grid of a task file (methods x tasks x priors x N images, or another job "
             "kind's grid), appending one JSON line per unit to NAME.jsonl in the output directory. "
             "A rerun resumes: units with a row are skipped. The report NAME.md / NAME.csv (mean or "
             "median with a 95% interval and N per cell) merges every results file of the run. "
-            "Under torchrun each rank takes its share of the units (RANK/WORLD_SIZE)."
-        ),
+            "Under torchrun each rank takes its share of the units (RANK/WORLD_SIZE).", 78),
+        epilog=TASK_FILE_FORMAT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("task", metavar="FILE.toml", help="task file (see benchmarks/README.md)")
+    p.add_argument("task", metavar="FILE.toml", help="task file (format below)")
     p.add_argument("--shard", metavar="I/N", default=None,
                    help="do only shard I of N (0-based) of the units; each shard writes its own "
                         "file, the report merges them")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from diffinv.cli import noise_help, positive_int
+
 HELP = "make a measurement y = A(x) + n from images or a data set and save it (--list: models)"
 
 
@@ -18,14 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--op", help="operator name (see --list)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="operator setting, e.g. -p std=2.0 -p boundary=reflect (repeatable)")
-    p.add_argument("--noise", default="gaussian:0.05", help="noise spec (default gaussian:0.05)")
+    p.add_argument("--noise", default="gaussian:0.05", help=noise_help("gaussian:0.05"))
     p.add_argument("--seed", type=int, default=0, help="run seed; image i's randomness derives "
                    "from (seed, its index)")
     p.add_argument("-o", "--output", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3],
                    help="image files: 1 = gray, 3 = RGB")
-    p.add_argument("--size", type=int, default=None, help="image files: centre-crop and resize")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="image files: centre-crop to a square and resize to SIZE x SIZE")
     p.add_argument("--domain", default=None, help="prior domain recorded in the spec (default: "
                    "the data set's name, or 'image')")
     p.add_argument("--list", action="store_true", help="list operators and noise models")
@@ -76,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from diffinv.checks import check_output_folder
     from diffinv.physics import make_noise, make_operator, measure, save_measurement
 
+    check_output_folder(args.output, overwrite=args.overwrite)
     op = make_operator(args.op, **parse_settings(args.param))
     noise = make_noise(args.noise)
     if args.dataset:

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import argparse
 
+from diffinv.cli import positive_int
+
 HELP = "draw unconditional samples from a prior (DDPM or DDIM) and save a PNG grid"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help=HELP, description=HELP + ".")
     p.add_argument("--prior", default="fashion32", help="embedded prior name or weights path")
-    p.add_argument("-n", type=int, default=64, help="number of samples")
+    p.add_argument("-n", type=positive_int, default=64, help="number of samples")
     p.add_argument("-o", "--output", default="samples.png", help="PNG grid to write")
-    p.add_argument("--method", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--steps", type=int, default=100, help="sampler steps (ddpm: respaced)")
+    p.add_argument("--method", choices=["ddpm", "ddim"], default="ddim",
+                   help="ddim (default; --eta 0: deterministic) or ddpm ancestral sampling")
+    p.add_argument("--steps", type=positive_int, default=100, help="sampler steps (ddpm: respaced)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument(
         "--seed", type=int, default=0, help="run seed; image i uses a seed derived from it"
     )
-    p.add_argument("--batch", type=int, default=64, help="images per network call")
+    p.add_argument("--batch", type=positive_int, default=64, help="images per network call")
     p.add_argument("--tensor", default=None, help="also save the exact samples as safetensors")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1 ...")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="network arithmetic: bf16 = bfloat16 autocast, faster on CPUs with AVX512-BF16 "
                    "(see benchmarks/precision.md), slightly different numbers")
@@ -30,13 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from diffinv.checks import check_device, check_output_file
     from diffinv.data.images import make_grid, save_image
     from diffinv.diffusion.zoo import load_prior
-    from diffinv.errors import DiffinvError
     from diffinv.seeding import image_generators
 
-    if args.n < 1 or args.batch < 1 or args.steps < 1:
-        raise DiffinvError("-n, --batch and --steps must be positive")
+    check_output_file(args.output, (".png",))
+    if args.tensor:
+        check_output_file(args.tensor)
+    check_device(args.device, "--device")
     prior = load_prior(args.prior, device=args.device, precision=args.precision)
     chunks = []
     for start in range(0, args.n, args.batch):

@@ -12,13 +12,30 @@ import json
 HELP = "restore a saved measurement with a solver and a diffusion prior"
 
 
+def _preset_line(solver: str, preset: str = "tuned32") -> str:
+    """What ``preset`` changes for ``solver`` ('' if nothing), e.g. ``steps=100, eta=1.0``."""
+    from diffinv.solvers.presets import preset_table
+
+    table = preset_table(preset, solver)
+    parts = [", ".join(f"{k}={v}" for k, v in table.pop("*", {}).items())]
+    parts += [f"{op}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+              for op, values in table.items()]
+    parts = [p for p in parts if p]
+    return f"{preset}: {'; '.join(parts)}" if parts else ""
+
+
 def _epilog() -> str:
     from diffinv.solvers import list_solvers
 
-    lines = ["solvers (and what they need from the operator):"]
+    lines = ["solvers (and what they need from the operator). A summary gives the paper's "
+             "settings (--preset none); a 'tuned32:' line what the tuned32 preset, the default "
+             "for the embedded priors, changes (for all operators, then per operator):"]
     for name, summary, req in list_solvers():
         need = ", ".join(req) if req else "any operator (differentiable)"
         lines.append(f"  {name:<10} [{need}] {summary}")
+        preset = _preset_line(name)
+        if preset:
+            lines.append(f"  {'':<10} {preset}")
     lines.append("linear+SVD operators: identity, sr-avgpool, inpaint-random, inpaint-box, and "
                  "blur / gaussian-blur / motion-blur with circular boundary")
     return "\n".join(lines)
@@ -45,32 +62,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="network arithmetic: bf16 = bfloat16 autocast, faster on CPUs with AVX512-BF16 "
                    "(see benchmarks/precision.md), slightly different numbers")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1 ...")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing non-empty output folder (never a file)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
     from safetensors.torch import save_file
 
     from diffinv import load_prior
+    from diffinv.checks import check_device, check_output_folder
     from diffinv.cli.measure import parse_settings
     from diffinv.data.images import make_grid, save_image, save_panel
-    from diffinv.errors import DiffinvError
     from diffinv.fileio import atomic_folder
     from diffinv.physics import load_measurement
     from diffinv.physics.measurement import png_view
     from diffinv.solvers import make_solver
     from diffinv.solvers.presets import auto_preset, preset_params
 
-    out = Path(args.output)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise DiffinvError(f"{out} exists and is not empty (use --overwrite)")
+    out = check_output_folder(args.output, overwrite=args.overwrite)
+    check_device(args.device, "--device")
     m = load_measurement(args.measurement)
     truth = m.x
     settings = parse_settings(args.param)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from diffinv.cli import positive_int
+
 HELP = "train or resume DAVI's amortised one-step posterior sampler for one task"
 
 
@@ -28,19 +30,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "resumes where it stopped; launch with `torchrun --nproc_per_node N -m diffinv.cli "
         f"train-davi ...` for data parallelism. Task defaults (official FFHQ): {defaults}.")
     p.add_argument("--prior", default="fashion32", help="teacher prior (name or file)")
-    p.add_argument("--task", required=True, choices=list(TASKS))
+    p.add_argument("--task", required=True, choices=list(TASKS),
+                   help="the inverse problem the generator is trained for")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, train_log.jsonl)")
     p.add_argument("--steps", type=int, default=2000, help="total alternating iterations")
     p.add_argument("--batch", type=int, default=8, help="global batch size")
     p.add_argument("--lr", type=float, default=1e-4, help="generator learning rate")
     p.add_argument("--s-lr", type=float, default=1e-4, help="implicit score learning rate")
     p.add_argument("--d-lr", type=float, default=1e-4, help="discriminator learning rate (--gan)")
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="decay of the exponential moving average of the weights (what is exported)")
     p.add_argument("--t-ikl", type=int, default=None, help="IKL times are uniform below this")
     p.add_argument("--weight-con", type=float, default=None, help="measurement-consistency weight")
     p.add_argument("--reg-coeff", type=float, default=None,
                    help="weight of the clean-image MSE term (0: off)")
-    p.add_argument("--perturb-h", type=float, default=0.1)
+    p.add_argument("--perturb-h", type=float, default=0.1,
+                   help="noise level h of the Perturbed Posterior Bridge")
     p.add_argument("--sigma", type=float, default=0.05, help="measurement noise std ([-1,1] units)")
     p.add_argument("--kl-schedule", choices=["linear", "i2sb"], default="linear",
                    help="schedule of the KL branch: the teacher's (linear) or the official i2sb")
@@ -50,9 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the official PatchGAN term with its adaptive weight")
     p.add_argument("--lift", choices=["bilinear", "pinv"], default="bilinear",
                    help="SR: y' = bilinear resize of y (official) or the avg-pool pseudo-inverse")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ckpt-every", type=int, default=100)
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0,
+                   help="run seed: the initial weights and the draws of every step derive from it")
+    p.add_argument("--ckpt-every", type=positive_int, default=100,
+                   help="write the checkpoint every this many steps")
+    p.add_argument("--log-every", type=positive_int, default=10,
+                   help="append a line to train_log.jsonl every this many steps")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
     p.add_argument("--max-steps-this-run", type=int, default=None,
@@ -60,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--export", metavar="DIR", default=None,
                    help="when done, export the EMA generator as DIR/davi-PRIOR-OPERATOR"
                    ".safetensors + .json (the card)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 

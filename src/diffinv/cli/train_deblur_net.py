@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from diffinv.cli import int_list, positive_int
+
 HELP = ("train or resume the supervised blind-deblurring UNet (solver supervised-unet) on "
         "blind-blurred + noisy pairs of a train split")
-
-
-def _ints(s: str) -> list[int]:
-    return [int(v) for v in s.split(",") if v]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,20 +18,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         "loss L1. A run whose --out folder holds a checkpoint resumes where it stopped.")
     p.add_argument("--dataset", default="fashion32", help="mnist32 or fashion32 (train split)")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, train_log.jsonl)")
-    p.add_argument("--steps", type=int, default=8000)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--steps", type=positive_int, default=8000, help="total optimisation steps")
+    p.add_argument("--batch", type=positive_int, default=32, help="batch size")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine",
+                   help="cosine (default): down to 10%% of --lr at --steps")
+    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="decay of the exponential moving average of the weights (what is exported)")
     p.add_argument("--sigma-max", type=float, default=0.05,
                    help="noise std drawn in [0, sigma_max] per sample ([-1, 1] units)")
     p.add_argument("--base", type=int, default=32, help="channels of the first level")
-    p.add_argument("--mults", type=_ints, default=[1, 2, 4], help="channel multipliers")
+    p.add_argument("--mults", type=int_list, default=[1, 2, 4], help="channel multipliers")
     p.add_argument("--blocks", type=int, default=2, help="residual blocks per level")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0,
+                   help="run seed: the initial weights and the draws of every step derive from it")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: bfloat16 autocast of the forward pass")
+    p.add_argument("--ckpt-every", type=positive_int, default=200,
+                   help="write the checkpoint every this many steps")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if present)")
     p.add_argument("--max-steps-this-run", type=int, default=None,
@@ -42,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="when done, export the EMA weights as DIR/NAME.safetensors + NAME.json "
                    "(with validation PSNR per family)")
     p.add_argument("--name", default=None, help="export name (default: deblur-unet-DATASET)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 

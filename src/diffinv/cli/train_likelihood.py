@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from diffinv.cli import int_list, positive_int
+
 HELP = "train or resume CL-DPS's contrastive (MoCo) likelihood encoder on random blind measurements"
-
-
-def _ints(s: str) -> list[int]:
-    return [int(v) for v in s.split(",") if v]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,31 +25,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--families", default="motion,gaussian,rotation,zoom",
                    help="comma-separated operator families of the queries")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, train_log.jsonl)")
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=positive_int, default=4000, help="total optimisation steps")
     p.add_argument("--batch", type=int, default=128, help="global batch of queries")
     p.add_argument("--positives", type=int, default=4, help="noisy positive keys per query")
     p.add_argument("--queue", type=int, default=4096, help="negative keys kept (K)")
     p.add_argument("--momentum", type=float, default=0.999, help="key-encoder momentum m")
     p.add_argument("--tau", type=float, default=0.07, help="InfoNCE temperature")
     p.add_argument("--lr", type=float, default=0.03, help="SGD learning rate (cosine decay)")
-    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
     p.add_argument("--intensity-weight", type=float, default=1.0,
                    help="weight of the intensity head's loss (0: no head)")
     p.add_argument("--sigma-max", type=float, default=0.05, help="largest query noise sigma")
     p.add_argument("--key-abar-min", type=float, default=0.0,
                    help="positives are diffused to abar ~ U(this, 1) (0: the snapshot's U(0, 1))")
     p.add_argument("--width", type=int, default=32, help="first stage width of the ResNet")
-    p.add_argument("--blocks", type=_ints, default=[1, 1, 1], help="residual blocks per stage")
+    p.add_argument("--blocks", type=int_list, default=[1, 1, 1], help="residual blocks per stage")
     p.add_argument("--dim", type=int, default=128, help="embedding dimension")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0,
+                   help="run seed: the initial weights and the draws of every step derive from it")
+    p.add_argument("--ckpt-every", type=positive_int, default=100,
+                   help="write the checkpoint every this many steps")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
     p.add_argument("--max-steps-this-run", type=int, default=None,
                    help="stop after this many steps (checkpoint written); resume later")
     p.add_argument("--export", metavar="FILE", default=None,
                    help="after training, write the encoder file FILE.safetensors and FILE.json")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from diffinv.cli import int_list, positive_int
+
 HELP = "train or resume an eps-prediction UNet prior (EMA, checkpoints, torchrun DDP)"
-
-
-def _ints(s: str) -> list[int]:
-    return [int(v) for v in s.split(",") if v]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, help="run folder (checkpoint.pt, train_log.jsonl, config.json)"
     )
-    p.add_argument("--steps", type=int, default=10_000, help="total optimisation steps")
-    p.add_argument("--batch", type=int, default=64, help="global batch size")
-    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--steps", type=positive_int, default=10_000, help="total optimisation steps")
+    p.add_argument("--batch", type=positive_int, default=64, help="global batch size")
+    p.add_argument("--lr", type=float, default=6e-4, help="AdamW learning rate")
     p.add_argument(
         "--lr-schedule",
         choices=["constant", "cosine"],
@@ -39,21 +37,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="cosine only: constant lr until this step, then the decay (resume a constant-lr "
         "run into a final decay with --steps STEP+N --decay-start STEP)",
     )
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--base-channels", type=int, default=32)
-    p.add_argument("--channel-mults", type=_ints, default=[1, 2, 2, 2])
-    p.add_argument("--num-res-blocks", type=int, default=2)
-    p.add_argument("--attention", type=_ints, default=[8], help="resolutions with self-attention")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="decay of the exponential moving average of the weights (what is exported)")
+    p.add_argument("--base-channels", type=positive_int, default=32,
+                   help="UNet channels of the first level")
+    p.add_argument("--channel-mults", type=int_list, default=[1, 2, 2, 2],
+                   help="comma-separated channel multipliers, one per level (each level after "
+                   "the first halves the resolution), e.g. 1,2,2,2")
+    p.add_argument("--num-res-blocks", type=positive_int, default=2,
+                   help="residual blocks per level")
+    p.add_argument("--attention", type=int_list, default=[8],
+                   help="comma-separated feature-map sizes with self-attention: the image size "
+                   "halved per level, e.g. 32,16,8,4 for 32x32 images and 4 levels (default 8)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout in the residual blocks")
+    p.add_argument("--seed", type=int, default=0,
+                   help="run seed: the initial weights and the draws of every step derive from it")
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16"],
         default="fp32",
         help="bf16: bfloat16 autocast of the forward pass (faster on CPUs with AVX512-BF16)",
     )
-    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--ckpt-every", type=positive_int, default=250,
+                   help="write the checkpoint every this many steps")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
@@ -70,19 +77,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="when done, export the EMA weights as DIR/<dataset>.safetensors + .json",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from diffinv.checks import check_output_folder
     from diffinv.data import canonical_name
     from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
 
     if args.threads:
         torch.set_num_threads(args.threads)
     name = canonical_name(args.dataset)
+    if args.export:
+        check_output_folder(args.export, replace=False)
     cfg = TrainConfig(
         dataset=name,
         out=args.out,

@@ -116,18 +116,29 @@ def load_split(dataset: str, split: str) -> ImageSet:
     return ImageSet(name, split, to_frame(x), torch.from_numpy(np.asarray(y, dtype=np.int64)))
 
 
-_SPEC = re.compile(r"^(?P<ds>[\w-]+):(?P<split>\w+)(?::(?P<sel>[\d,\-]+))?$")
+_SPEC = re.compile(r"^(?P<ds>[\w-]+):(?P<split>\w+)(?::(?P<sel>[^:]*))?$")
+_PART = re.compile(r"^(?P<a>\d+)(?:-(?P<b>\d+))?$")
+
+
+def index_selection(sel: str) -> list[int]:
+    """ "17" -> [17]; "0-3" -> [0, 1, 2, 3]; "1,5,9" -> [1, 5, 9]; syntax only (no bound)."""
+    out: list[int] = []
+    for part in sel.split(","):
+        m = _PART.match(part.strip())
+        if not m:
+            raise DiffinvError(f"image selection {sel!r}: {part!r} is not an index (0, 1, ...) "
+                               "or a range A-B")
+        a, b = int(m["a"]), int(m["b"] if m["b"] is not None else m["a"])
+        if b < a:
+            raise DiffinvError(f"image selection {sel!r}: empty range {part!r} (write A-B with "
+                               "A <= B)")
+        out.extend(range(a, b + 1))
+    return out
 
 
 def parse_indices(sel: str, n: int) -> list[int]:
-    """ "17" -> [17]; "0-3" -> [0, 1, 2, 3]; "1,5,9" -> [1, 5, 9]; checked against ``n``."""
-    out: list[int] = []
-    for part in sel.split(","):
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
+    """:func:`index_selection` checked against the ``n`` images of a split."""
+    out = index_selection(sel)
     bad = [i for i in out if not 0 <= i < n]
     if bad:
         raise DiffinvError(f"image indices {bad[:5]} out of range 0..{n - 1}")
@@ -144,7 +155,9 @@ def get_images(spec: str) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         raise DiffinvError(
             f"bad image spec {spec!r}; expected DATASET:SPLIT[:INDICES], e.g. fashion32:test:0-3"
         )
+    if m["sel"] is not None:
+        index_selection(m["sel"])  # bad syntax fails before the split is loaded
     s = load_split(m["ds"], m["split"])
-    idx = parse_indices(m["sel"], len(s)) if m["sel"] else list(range(len(s)))
+    idx = parse_indices(m["sel"], len(s)) if m["sel"] is not None else list(range(len(s)))
     t = torch.tensor(idx, dtype=torch.long)
     return s.images[t], s.labels[t], idx

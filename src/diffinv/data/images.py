@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffinv.checks import check_count
 from diffinv.errors import DiffinvError, MissingAssetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -25,6 +26,8 @@ def read_image(path: str | Path, size: int | None = None, channels: int = 1) -> 
         raise MissingAssetError(f"image file {path} does not exist")
     if channels not in (1, 3):
         raise DiffinvError(f"channels must be 1 or 3, got {channels}")
+    if size is not None:
+        check_count(size, "size")
     try:
         with Image.open(path) as im:
             im = im.convert("L" if channels == 1 else "RGB")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from diffinv.checks import check_image
+from diffinv.checks import check_count, check_image
 from diffinv.diffusion.schedule import VPSchedule, spaced_timesteps
 from diffinv.errors import DiffinvError, NonFiniteError, UnknownNameError
 from diffinv.seeding import batch_generators, randn
@@ -295,14 +295,16 @@ class DiffusionPrior(nn.Module):
 
         ``method="ddpm"`` runs ancestral steps on the (respaced, if ``steps`` < T) schedule;
         ``method="ddim"`` runs DDIM steps with ``eta`` on ``steps`` spaced timesteps.
+        ``n`` and ``steps`` (default T) are integers >= 1, ``eta`` lies in [0, 1].
         """
         from tqdm.auto import tqdm
 
+        T = self.num_timesteps
+        steps = T if steps is None else steps
+        self._check_sampling(n, method, steps, eta)
         gens = batch_generators(seed, n)
         dev = self.device
         x = randn(self.image_shape, gens, device=dev)
-        T = self.num_timesteps
-        steps = steps or T
         if method == "ddpm":
             prior = self if steps == T else self.respaced(spaced_timesteps(T, steps, spacing))
             rows = list(range(prior.num_timesteps - 1, -1, -1))
@@ -323,6 +325,17 @@ class DiffusionPrior(nn.Module):
                     callback(t, x)
             return x
         raise UnknownNameError("sampling method", method, ["ddpm", "ddim"])
+
+    def _check_sampling(self, n: int, method: str, steps: int, eta: float) -> None:
+        """Refuse bad :meth:`sample` arguments before drawing anything."""
+        check_count(n, "n")
+        check_count(steps, "steps")
+        if steps > self.num_timesteps:
+            raise DiffinvError(f"steps must lie in 1..{self.num_timesteps}, got {steps}")
+        if method not in ("ddpm", "ddim"):
+            raise UnknownNameError("sampling method", method, ["ddpm", "ddim"])
+        if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
+            raise DiffinvError(f"eta must lie in [0, 1], got {eta!r}")
 
     def respaced(self, timesteps: Sequence[int]) -> DiffusionPrior:
         """The same network on a respaced schedule (rows map to the original timesteps)."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffinv.errors import ShapeError
+from diffinv.errors import DiffinvError, ShapeError
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -76,6 +76,23 @@ class SelfAttention(nn.Module):
             q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
         )
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+def feature_resolutions(image_size: int, channel_mults: Sequence[int]) -> list[int]:
+    """The feature-map sizes of a UNet: ``image_size / 2**level`` for each level."""
+    return [image_size // 2 ** level for level in range(len(channel_mults))]
+
+
+def check_attention(image_size: int, channel_mults: Sequence[int],
+                    attention_resolutions: Sequence[int]) -> None:
+    """Refuse an attention resolution the network has no feature map of (it would be ignored)."""
+    sizes = feature_resolutions(image_size, channel_mults)
+    for r in attention_resolutions:
+        if r not in sizes:
+            raise DiffinvError(
+                f"attention resolution {r} is not a feature-map size of this UNet; with "
+                f"{image_size}x{image_size} images and {len(channel_mults)} levels they are "
+                f"{', '.join(map(str, sizes))}")
 
 
 class UNet(nn.Module):

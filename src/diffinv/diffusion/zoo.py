@@ -11,7 +11,8 @@
   name from :data:`~diffinv.diffusion.adm.ADM_PRESETS` such as ``"adm-ffhq256"``, a JSON path or a
   dict) or from ``X.json`` beside ``X.pt``. A config is an ``"adm"`` dict of
   :class:`~diffinv.diffusion.adm.ADMUNet` arguments (or a ``"preset"`` name) plus optional
-  ``schedule``, ``T``, ``variance``, ``image_shape``, ``name``, ``domain``, ``sha256``.
+  ``schedule``, ``T``, ``variance``, ``image_shape``, ``name``, ``domain``, ``sha256``. An
+  ``X.json`` that is not such a config (no ``adm`` dict, no ``preset``) is not read as one.
 
 The JSON's ``sha256`` (or the ``sha256=`` argument) must match the weights file; the weights must
 match the network the config describes exactly (``strict=True``). Any mismatch raises
@@ -27,11 +28,13 @@ from pathlib import Path
 import torch
 
 from diffinv.assets import sha256_file
+from diffinv.checks import check_device
 from diffinv.diffusion.adm import ADM_PRESETS, ADMUNet
 from diffinv.diffusion.prior import DiffusionPrior
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.diffusion.unet import UNet
 from diffinv.errors import DiffinvError, IntegrityError, UnknownNameError
+from diffinv.fileio import load_tensors_only
 
 REQUIRED_KEYS = ("schedule", "T", "variance", "image_shape")
 ADM_MARKERS = ("time_embed.0.weight", "input_blocks.0.0.weight")
@@ -196,14 +199,7 @@ def adm_config(config: str | Path | dict) -> dict:
 
 def _read_pt(path: Path) -> dict:
     """``torch.load(weights_only=True)``: anything needing arbitrary unpickling is refused."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # disallowed globals, truncated archives, foreign bytes
-        raise IntegrityError(
-            f"{path} cannot be read as a plain tensor checkpoint (torch.load with "
-            f"weights_only=True refused it; truncated, foreign or unsafe pickle?): "
-            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        ) from e
+    obj = load_tensors_only(path)
     if not isinstance(obj, dict):
         raise IntegrityError(f"{path} holds a {type(obj).__name__}, not a dict")
     return obj
@@ -228,14 +224,28 @@ def _load_adm(
     return _build(meta, obj, str(path), sha, device)
 
 
+def _adm_sidecar(path: Path) -> dict | None:
+    """``X.json`` beside ``X.pt`` as an ADM config, if it is one (a JSON object with an ``adm``
+    dict or a ``preset``); an unrelated file of that name (run notes, another tool's config) is
+    not read as one."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(meta, dict) or not (isinstance(meta.get("adm"), dict) or "preset" in meta):
+        return None
+    return adm_config(meta)
+
+
 def _load_pt(
     path: Path, config: str | Path | dict | None, sha256: str | None, device: str | torch.device
 ) -> DiffusionPrior:
     """A ``.pt`` file: an ADM checkpoint (with a config) or a diffinv training checkpoint."""
     sidecar = path.with_suffix(".json")
-    meta = adm_config(config) if config is not None else None
-    if meta is None and sidecar.is_file():
-        meta = adm_config(sidecar)
+    meta = adm_config(config) if config is not None else _adm_sidecar(path)
     sha = sha256_file(path)
     pinned = sha256 or (meta or {}).get("sha256")
     if pinned and pinned.lower() != sha:
@@ -247,10 +257,12 @@ def _load_pt(
     if meta is not None:
         return _load_adm(obj, path, meta, sha, device)
     if _is_adm_state(obj):
+        beside = (f" (the {sidecar.name} beside it is not one: no 'adm' dict or 'preset')"
+                  if sidecar.is_file() else "")
         raise DiffinvError(
-            f"{path} looks like a guided-diffusion (ADM) checkpoint but has no config: pass "
-            f"config=PRESET (one of {', '.join(sorted(ADM_PRESETS))}), a JSON file or a dict, "
-            f"or put {sidecar.name} beside it"
+            f"{path} looks like a guided-diffusion (ADM) checkpoint but has no config{beside}: "
+            f"pass config=PRESET (one of {', '.join(sorted(ADM_PRESETS))}), a JSON file or a "
+            f"dict, or put an ADM config {sidecar.name} beside it"
         )
     return _from_training_state(obj, path, sha, device)
 
@@ -269,6 +281,7 @@ def load_prior(
     the weights file's SHA-256; ``precision`` is the network arithmetic ("fp32" or "bf16", see
     :meth:`DiffusionPrior.set_precision`).
     """
+    check_device(device, "device")
     return _load(name_or_path, device, config, sha256).set_precision(precision)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from diffinv.errors import IntegrityError
+from diffinv.fileio import load_tensors_only
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
@@ -31,12 +32,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint safely; corrupt, truncated or foreign files raise IntegrityError."""
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # unpickling errors, truncated zip archives, disallowed globals
-        raise IntegrityError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
+    obj = load_tensors_only(path, map_location)
     if not isinstance(obj, dict):
         raise IntegrityError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
     return obj

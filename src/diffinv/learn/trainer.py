@@ -39,9 +39,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from diffinv.checks import check_device, check_output_folder
 from diffinv.diffusion.prior import PRECISIONS, autocast
 from diffinv.diffusion.schedule import VPSchedule
-from diffinv.diffusion.unet import UNet
+from diffinv.diffusion.unet import UNet, check_attention
 from diffinv.errors import DiffinvError
 from diffinv.learn.checkpoint import load_checkpoint, save_atomic
 from diffinv.learn.ema import EMA
@@ -169,8 +170,9 @@ def _agreed(flag: bool, ddp: _Dist, device: torch.device) -> bool:
 
 
 def pick_device(device: str | None) -> torch.device:
+    """``device`` (checked: :func:`~diffinv.checks.check_device`), or CUDA if present, or CPU."""
     if device:
-        return torch.device(device)
+        return check_device(device, "device")
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
@@ -192,6 +194,7 @@ def train_prior(
     from tqdm.auto import tqdm
 
     cfg.validate()
+    check_output_folder(cfg.out, replace=False)
     ddp = _Dist()
     dev = pick_device(device)
     if data is None:
@@ -206,6 +209,8 @@ def train_prior(
     schedule = VPSchedule.from_name(cfg.schedule, cfg.T)
     image_shape = tuple(data.shape[1:])
     unet_cfg = dict(cfg.unet, in_channels=image_shape[0], image_size=image_shape[-1])
+    check_attention(image_shape[-1], unet_cfg.get("channel_mults", (1, 2, 2)),
+                    unet_cfg.get("attention_resolutions", (8,)))
     torch.manual_seed(cfg.seed)  # initial weights
     model = UNet(**unet_cfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -165,12 +165,9 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) ->
 
 def torch_load_weights(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """Load a plain state_dict with ``weights_only=True`` on the CPU."""
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # unpickling errors, truncated files, non-weight pickles
-        raise IntegrityError(f"cannot read {what} from {path}: {e}") from e
+    from diffinv.fileio import load_tensors_only
+
+    state = load_tensors_only(Path(path))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise IntegrityError(f"{path} is not a state_dict of tensors ({what})")
     return dict(state)

@@ -172,10 +172,9 @@ def load_kernel_wizard(path: str | os.PathLike | None = None, *, device: str = "
             f"bkse weights not found ({path or 'no path given'}): they are not distributed with "
             f"diffinv; download GOPRO_wVAE.pth from the bkse project and pass its path "
             f"(weights=...) or set {WEIGHTS_ENV}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refused or corrupt file
-        raise IntegrityError(f"cannot load {path} as a weights-only state dict: {e}") from e
+    from diffinv.fileio import load_tensors_only
+
+    state = load_tensors_only(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffinv.checks import check_image
+from diffinv.checks import check_image, check_image_range, check_output_folder
 from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError, ShapeError
 from diffinv.fileio import atomic_folder
 from diffinv.physics.base import Operator
 from diffinv.physics.kernels import check_kernel
 from diffinv.physics.noise import NoiseModel, make_noise
-from diffinv.physics.registry import OPERATORS, make_operator
+from diffinv.physics.registry import OPERATORS, is_image_like, make_operator
 from diffinv.seeding import image_generators
 
 FORMAT = "diffinv-measurement"
@@ -94,12 +94,15 @@ def measure(x: Tensor, operator: str | Operator, noise: str | NoiseModel, seed: 
             params: dict[str, Tensor] | None = None) -> Measurement:
     """Make ``y = A(x; theta) + n`` with per-image seeded ``theta`` and ``n``.
 
+    ``x``: the true images (B, C, H, W) in [-1, 1] (checked: values outside raise, a batch with no
+    value below 0 warns that it looks like [0, 1]; :func:`~diffinv.checks.check_image_range`).
     ``operator``: a registered name or an operator from :func:`make_operator`; ``noise``: a spec
     such as ``"gaussian:0.05"``; ``indices``: the images' indices in their data set (default
     ``0..B-1``), which select their random streams; ``params``: per-image operator parameters to use
     instead of drawing them (validated, e.g. kernels must be non-negative and sum to 1).
     """
     check_image(x, "x")
+    check_image_range(x, "x")
     op = make_operator(operator) if isinstance(operator, str) else operator
     name = getattr(op, "registry_name", None)
     if not isinstance(op, Operator) or name is None:
@@ -174,10 +177,7 @@ def save_measurement(m: Measurement, directory: str | os.PathLike, *,
     """
     from safetensors.torch import save_file
 
-    out = Path(directory)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise DiffinvError(f"{out} exists and is not empty (overwrite it with --overwrite / "
-                           "overwrite=True)")
+    out = check_output_folder(directory, overwrite=overwrite)
     with atomic_folder(out) as tmp:
         cfg, cfg_tensors = _split_config(m.config)
         tensors = {"y": m.y.detach().cpu().contiguous(), **cfg_tensors}
@@ -198,43 +198,124 @@ def save_measurement(m: Measurement, directory: str | os.PathLike, *,
             "true_params": sorted(m.true_params),
         }
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-        entry = OPERATORS.get(m.operator)
-        _write_png(m.y, tmp / PNG_FILE, getattr(entry.factory if entry else None, "image_like",
-                                                True))
+        _write_png(m.y, tmp / PNG_FILE, is_image_like(m.operator))
     return out
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _list_of(check: Any) -> Any:
+    return lambda v: isinstance(v, list) and all(check(e) for e in v)
+
+
+def _optional(check: Any) -> Any:
+    return lambda v: v is None or check(v)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+#: the keys of ``spec.json``: (what the value must be, its test, required)
+SPEC_SCHEMA: dict[str, tuple[str, Any, bool]] = {
+    "format": ("a string", _is_str, True),
+    "version": ("an integer", _is_int, True),
+    "operator": ("an operator name", _is_str, True),
+    "config": ("a JSON object of operator settings", lambda v: isinstance(v, dict), True),
+    "noise": ("a noise spec such as 'gaussian:0.05'", _is_str, True),
+    "seed": ("an integer", _is_int, True),
+    "domain": ("a string", _is_str, True),
+    "indices": ("a list of integers", _list_of(_is_int), True),
+    "y_shape": ("a list of integers", _list_of(_is_int), True),
+    "params": ("a list of parameter names", _list_of(_is_str), True),
+    "blind": ("true or false", lambda v: isinstance(v, bool), False),
+    "source": ("a string or null", _optional(_is_str), False),
+    "dtype": ("a string", _is_str, False),
+    "hidden_truth": ("a file name or null", _optional(_is_str), False),
+    "true_params": ("a list of parameter names", _list_of(_is_str), False),
+}
+
+
+def _read_spec(d: Path) -> dict[str, Any]:
+    """``d/spec.json``, checked against :data:`SPEC_SCHEMA` (hand-edited records included)."""
+    path = d / SPEC_FILE
+    if not path.is_file():
+        raise MissingAssetError(f"{d} is not a measurement folder (no {SPEC_FILE})")
+    try:
+        spec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(spec, dict):
+        raise IntegrityError(f"{path} does not hold a JSON object (a {FORMAT} spec)")
+    if spec.get("format") != FORMAT:
+        raise IntegrityError(f"{path} is not a {FORMAT} spec")
+    if spec.get("version") != VERSION:
+        raise IntegrityError(f"{d} has format version {spec.get('version')}; this diffinv reads "
+                             f"version {VERSION}")
+    for key, (what, ok, required) in SPEC_SCHEMA.items():
+        if key not in spec:
+            if required:
+                raise IntegrityError(f"{path} lacks {key!r} ({what})")
+        elif not ok(spec[key]):
+            raise IntegrityError(f"{path}: {key!r} must be {what}, got {spec[key]!r}")
+    if spec["operator"] not in OPERATORS:
+        raise IntegrityError(f"{path}: unknown operator {spec['operator']!r}")
+    if len(spec["indices"]) != (spec["y_shape"] or [0])[0]:
+        raise IntegrityError(f"{path}: {len(spec['indices'])} indices for a batch of shape "
+                             f"{spec['y_shape']}")
+    try:
+        make_noise(spec["noise"])
+    except DiffinvError as e:
+        raise IntegrityError(f"{path}: 'noise': {e}") from None
+    return spec
+
+
+def _tensor(tensors: dict[str, Tensor], name: str, d: Path) -> Tensor:
+    if name not in tensors:
+        raise IntegrityError(f"{d / SPEC_FILE} names the tensor {name!r}, which "
+                             f"{TENSOR_FILE} does not hold")
+    return tensors[name]
+
+
+def _truth_path(d: Path, spec: dict[str, Any]) -> Path | None:
+    """The hidden truth's file, if the spec names one; a missing file is an error, not an absence."""
+    if not spec.get("hidden_truth"):
+        return None
+    if not (d / TRUTH_FILE).is_file():
+        raise MissingAssetError(
+            f"{d / TRUTH_FILE} is missing, though {SPEC_FILE} names it (hidden_truth): put it "
+            f"back, or set \"hidden_truth\": null in {SPEC_FILE} to use the measurement without it")
+    return d / TRUTH_FILE
+
+
 def load_measurement(directory: str | os.PathLike, *, truth: bool = True) -> Measurement:
-    """Read a measurement folder back exactly; ``truth=False`` leaves the hidden truth unread."""
+    """Read a measurement folder back exactly; ``truth=False`` leaves the hidden truth unread.
+
+    The record is checked first: ``spec.json`` against :data:`SPEC_SCHEMA`, every tensor it
+    names, ``y``'s shape, and (with ``truth``) the truth file it names: any mismatch raises
+    :class:`IntegrityError` (:class:`MissingAssetError` for a missing file) naming the problem.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     d = Path(directory)
-    if not (d / SPEC_FILE).is_file():
-        raise MissingAssetError(f"{d} is not a measurement folder (no {SPEC_FILE})")
-    try:
-        spec = json.loads((d / SPEC_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise IntegrityError(f"{d / SPEC_FILE} is not valid JSON: {e}") from e
-    if spec.get("format") != FORMAT:
-        raise IntegrityError(f"{d / SPEC_FILE} is not a {FORMAT} spec")
-    if spec.get("version") != VERSION:
-        raise IntegrityError(f"{d} has format version {spec.get('version')}; this diffinv reads "
-                             f"version {VERSION}")
+    spec = _read_spec(d)
+    truth_file = _truth_path(d, spec) if truth else None
     try:
         tensors = load_file(d / TENSOR_FILE)
-        hidden = (load_file(d / TRUTH_FILE) if truth and spec.get("hidden_truth")
-                  and (d / TRUTH_FILE).is_file() else {})
+        hidden = load_file(truth_file) if truth_file else {}
     except (OSError, SafetensorError) as e:
         raise IntegrityError(f"cannot read the tensors of {d}: {e}") from e
     if "y" not in tensors or list(tensors["y"].shape) != spec["y_shape"]:
         raise IntegrityError(f"{d / TENSOR_FILE} does not hold y of shape {spec['y_shape']}")
-    config = {k: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v
+    config = {k: _tensor(tensors, v["tensor"], d) if isinstance(v, dict) and "tensor" in v else v
               for k, v in spec["config"].items()}
     return Measurement(
         y=tensors["y"], operator=spec["operator"], config=config,
-        params={k: tensors[f"param.{k}"] for k in spec["params"]}, noise=spec["noise"],
-        seed=spec["seed"], domain=spec["domain"], indices=list(spec["indices"]),
-        source=spec.get("source"), blind=bool(spec.get("blind")), x=hidden.get("x"),
-        true_params={k.removeprefix("true."): v for k, v in hidden.items()
-                     if k.startswith("true.")})
+        params={k: _tensor(tensors, f"param.{k}", d) for k in spec["params"]},
+        noise=spec["noise"], seed=spec["seed"], domain=spec["domain"],
+        indices=list(spec["indices"]), source=spec.get("source"), blind=bool(spec.get("blind")),
+        x=hidden.get("x"), true_params={k.removeprefix("true."): v for k, v in hidden.items()
+                                        if k.startswith("true.")})

@@ -78,6 +78,13 @@ def operator_arguments(name: str) -> list[str]:
     return [p for p in sig.parameters if p != "self" and p not in e.fixed]
 
 
+def is_image_like(name: str | None) -> bool:
+    """Whether operator ``name`` gives image-like measurements in the images' units (all but
+    phase retrieval's Fourier magnitudes); unknown names count as image-like."""
+    entry = OPERATORS.get(str(name))
+    return bool(getattr(entry.factory, "image_like", True)) if entry else True
+
+
 def _get(name: str) -> Entry:
     if name not in OPERATORS:
         raise UnknownNameError("operator", name, list(OPERATORS))

@@ -17,6 +17,7 @@ an operator that lacks it with a message naming what is missing.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ class Solver:
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     summary: ClassVar[str] = ""
+    #: the only operators (registry names) the solver accepts, for its help; empty: any operator
+    #: that meets ``requires`` (``check_operator`` enforces it)
+    operators: ClassVar[tuple[str, ...]] = ()
 
     def check_operator(self, operator: Any) -> None:
         missing = []
@@ -70,6 +74,7 @@ class Solver:
                  seed: int | Sequence[torch.Generator] = 0) -> Result:
         from diffinv.seeding import batch_generators
 
+        check_call(y, physics, prior)
         gens = batch_generators(seed, y.shape[0])
         prior.reset_nfe()
         t0 = time.perf_counter()
@@ -77,6 +82,23 @@ class Solver:
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
         return Result(x=x.detach(), nfe=prior.nfe, seconds=time.perf_counter() - t0, trace=trace)
+
+
+def check_call(y: Any, physics: Any, prior: Any) -> None:
+    """What every solver checks on entry: ``y`` is a tensor of a batch, ``prior`` is a loaded
+    prior (not its name), and an image-like ``y`` was made from images in [-1, 1]
+    (:func:`~diffinv.checks.check_measurement_range`: its per-image mean, which noise does not
+    move; a [0, 255] measurement is refused, a [0, 1] one cannot be told from a bright image)."""
+    from diffinv.checks import check_measurement_range
+    from diffinv.physics.registry import is_image_like
+
+    if not isinstance(y, torch.Tensor) or y.ndim < 2:
+        raise DiffinvError(f"y must be a batched tensor (B, ...), got {type(y).__name__}")
+    if isinstance(prior, str | os.PathLike) or not callable(getattr(prior, "reset_nfe", None)):
+        raise DiffinvError(f"prior must be a DiffusionPrior, got {type(prior).__name__} {prior!r}; "
+                           "load one first: diffinv.load_prior('fashion32')")
+    if is_image_like(getattr(physics, "operator", None)) and torch.isfinite(y).all():
+        check_measurement_range(y, "y")
 
 
 _REGISTRY: dict[str, Callable[..., Solver]] = {}
@@ -105,9 +127,11 @@ def _load_builtin() -> None:
 
 
 def list_solvers() -> list[tuple[str, str, tuple[str, ...]]]:
-    """(name, one-line summary, requirements) of every registered solver."""
+    """(name, one-line summary, requirements) of every registered solver; a solver that accepts
+    only some operators names them instead (``("sr-avgpool only",)``)."""
     _load_builtin()
-    return [(n, c.summary, c.requires) for n, c in sorted(_REGISTRY.items())]  # type: ignore[attr-defined]
+    return [(n, c.summary, (f"{' or '.join(c.operators)} only",) if c.operators else c.requires)  # type: ignore[attr-defined]
+            for n, c in sorted(_REGISTRY.items())]
 
 
 def make_solver(name: str, *, preset: str | None = None, operator: str | None = None,
@@ -123,7 +147,45 @@ def make_solver(name: str, *, preset: str | None = None, operator: str | None = 
         from diffinv.solvers.presets import preset_params
 
         params = {**preset_params(preset, name, operator), **params}
+    check_parameters(name, _REGISTRY[name], params)
     try:
         return _REGISTRY[name](**params)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise DiffinvError(f"bad parameters for solver {name!r}: {e}") from e
+
+
+def _kind_of(param: Any) -> tuple[str, Callable[[Any], bool]] | None:
+    """What a parameter must be, from its numeric or boolean default: (words, test); None where
+    the default says nothing (None, a string, an object) or the annotation allows other types."""
+    default, note = param.default, str(param.annotation)
+    if "Any" in note or "|" in note:
+        return None
+    if isinstance(default, bool):
+        return "true or false", lambda v: isinstance(v, bool)
+    if isinstance(default, int):
+        return "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(default, float):
+        return "a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+    return None
+
+
+def check_parameters(name: str, factory: Callable[..., Solver], params: dict[str, Any]) -> None:
+    """Refuse a parameter that solver ``name`` does not take (listing those it takes) and a value
+    that is not of the kind of the parameter's numeric or boolean default (``steps="abc"``,
+    ``steps=2.5``)."""
+    import inspect
+
+    sig = inspect.signature(factory)
+    taken = {k: p for k, p in sig.parameters.items()
+             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    for key, value in params.items():
+        if key not in taken:
+            if open_ended:
+                continue
+            raise DiffinvError(f"solver {name!r} has no parameter {key!r}; its parameters: "
+                               f"{', '.join(sorted(taken)) or '(none)'}")
+        kind = _kind_of(taken[key])
+        if kind is not None and not kind[1](value):
+            raise DiffinvError(f"parameter {key!r} of solver {name!r} must be {kind[0]}, "
+                               f"got {value!r}")

@@ -42,6 +42,7 @@ class ILVR(Interleaved):
 
     summary = "ILVR: low-pass projection onto the noised reference (SR by average pooling)"
     requires = ("linear", "svd")
+    operators = ("sr-avgpool",)
 
     def __init__(self, steps: int = 1000, stop_t: int = 0, sampler: str = "ddpm",
                  eta: float = 0.0, spacing: str = "uniform"):

@@ -151,6 +151,33 @@ def validate_entries(cells: Sequence[Cell], skip: tuple[str, ...] = ()) -> None:
                 make_noise(noise)
             else:
                 _prior_source(entry)
+    check_pairs(cells)
+
+
+def check_pairs(cells: Sequence[Cell]) -> None:
+    """Every (method, task) pair of the grid: the solver, built as a cell builds it, accepts the
+    task's operator (``Solver.check_operator``: linear, SVD, a downsampling...), so a grid that
+    would stop at its first incompatible cell fails before anything is written."""
+    from diffinv.physics import make_operator
+
+    make_solver = _solvers()
+    seen: set[tuple[str, str]] = set()
+    for cell in cells:
+        if "method" not in cell.axes or "task" not in cell.axes:
+            continue
+        method, task = cell["method"], cell["task"]
+        if (method.digest, task.digest) in seen:
+            continue
+        seen.add((method.digest, task.digest))
+        op_name, op_params, _ = _task_parts(task)
+        solver = make_solver(method.name, operator=op_name, **solver_params(method)[0])
+        check = getattr(solver, "check_operator", None)
+        if check is None:
+            continue
+        try:
+            check(make_operator(op_name, **op_params))
+        except DiffinvError as e:
+            raise BenchConfigError(f"method {method.label!r} on task {task.label!r}: {e}") from None
 
 
 def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
