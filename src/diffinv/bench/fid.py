@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from diffinv.bench.errors import BenchConfigError
-from diffinv.bench.plan import Plan, load_plan, parse_shard, select_cells
+from diffinv.bench.plan import Plan, parse_shard, select_cells
 from diffinv.bench.spec import Cell, digest
 
 FEATURES_DIR = "features"
@@ -150,17 +150,13 @@ def make_fid(task_path: str | os.PathLike[str], n_images: int, *,
     """Compute (or resume) the FID report of a "restore" task file (see the module docstring)."""
     from tqdm import tqdm
 
-    from diffinv.bench.gallery import restore_context
+    from diffinv.bench.gallery import restore_context, restore_plan
     from diffinv.bench.kinds import restore
     from diffinv.metrics import psnr
     from diffinv.metrics.fid import fid_from_features, inception_features
 
-    plan = load_plan(task_path)
-    if plan.kind.name != "restore":
-        raise BenchConfigError(f"--fid scores restorations: {plan.task.path} is a "
-                               f"{plan.kind.name!r} run, not 'restore'")
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 2:
-        raise BenchConfigError(f"--fid takes a number of images >= 2; got {n_images!r}")
+    plan = restore_plan(task_path, "--fid scores restorations", n_images, 2,
+                        "a number of images >= 2")
     part = parse_shard(shard) if shard else (0, 1)
     batch = int(batch_size or plan.batch_size)
     cells = select_cells(plan.cells, only)

@@ -116,6 +116,20 @@ def row_psnr_by_key(plan: Plan) -> dict[str, tuple[float, int]]:
             for r in rows if "psnr" in r.get("metrics", {})}
 
 
+def restore_plan(task_path: str | os.PathLike[str], purpose: str, n_images: Any, minimum: int,
+                 wanted: str) -> Plan:
+    """Load a task file for an option that recomputes restorations (``--gallery``, ``--fid``):
+    it must be a "restore" run and ``n_images`` an int >= ``minimum`` (``wanted`` says so)."""
+    plan = load_plan(task_path)
+    if plan.kind.name != "restore":
+        raise BenchConfigError(f"{purpose}: {plan.task.path} is a {plan.kind.name!r} run, "
+                               "not 'restore'")
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < minimum:
+        flag = purpose.split()[0]
+        raise BenchConfigError(f"{flag} takes {wanted}; got {n_images!r}")
+    return plan
+
+
 def restore_context(plan: Plan, cells: Sequence[Cell]) -> tuple[RunContext, Any]:
     """The run context and resolved identities with which ``diffinv bench`` computed the rows of
     ``cells`` (one process, PSNR only), for recomputing them."""
@@ -191,12 +205,8 @@ def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
 
     from diffinv.metrics import psnr
 
-    plan = load_plan(task_path)
-    if plan.kind.name != "restore":
-        raise BenchConfigError(f"--gallery draws restorations: {plan.task.path} is a "
-                               f"{plan.kind.name!r} run, not 'restore'")
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
-        raise BenchConfigError(f"--gallery takes a positive number of images; got {n_images!r}")
+    plan = restore_plan(task_path, "--gallery draws restorations", n_images, 1,
+                        "a positive number of images")
     cells = select_cells(plan.cells, only)
     k = min([n_images] + [c.target for c in cells])
     ctx, resolved = restore_context(plan, cells)
