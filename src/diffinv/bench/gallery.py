@@ -25,6 +25,7 @@ images to draw 3.
 from __future__ import annotations
 
 import os
+import shlex
 import re
 import sys
 from collections.abc import Sequence
@@ -287,7 +288,7 @@ def _write_markdown(plan: Plan, gallery: Gallery, k: int, only: Sequence[str] | 
     from diffinv.bench.runner import reproduce_command
 
     cmd = f"{reproduce_command(plan.task.path)} --gallery {k}" + "".join(
-        f" --only {s}" for s in only or ())
+        f" --only {shlex.quote(s)}" for s in only or ())
     check = (f"The recomputed PSNRs of {gallery.compared} (cell, image) pairs that the table "
              f"also has differ from its rows by at most {gallery.max_abs_diff_db:.2g} dB."
              if gallery.compared else "The table has no rows for these images yet: nothing to "
