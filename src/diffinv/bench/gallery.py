@@ -25,8 +25,8 @@ images to draw 3.
 from __future__ import annotations
 
 import os
-import shlex
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
