@@ -33,7 +33,6 @@ import json
 import os
 import shlex
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from diffinv.bench.errors import BenchConfigError
+from diffinv.bench.gallery import file_slug, restore_context, restore_plan
 from diffinv.bench.plan import Plan, parse_shard, select_cells
 from diffinv.bench.spec import Cell, digest
 
@@ -69,12 +69,6 @@ class FidReport:
     n_images: int
     floor: float | None
     cells: list[FidCell] = field(default_factory=list)
-
-
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "x"
 
 
 def batches(n_images: int, batch_size: int) -> list[list[int]]:
@@ -114,18 +108,17 @@ def _count_done(folder: Path, chunks: Sequence[Sequence[int]]) -> int:
     return sum(len(idx) for idx in chunks if _batch_file(folder, idx).is_file())
 
 
-def _split_images(plan: Plan, split: str | None, indices: Sequence[int]) -> Any:
-    """Images ``indices`` of the run's dataset (or of another ``split`` of it) in [-1, 1]."""
-    import torch
-
+def _first_images(plan: Plan, split: str | None, n: int) -> Any:
+    """Images 0..n-1 of the run's dataset (or of another ``split`` of it), in [-1, 1]; refuses an
+    ``n`` the split does not have."""
     from diffinv.data import load_split
 
     name, _, own = str(plan.options.get("dataset", "")).partition(":")
     data = load_split(name, split or own)
-    if max(indices) >= len(data):
-        raise BenchConfigError(f"--fid {max(indices) + 1} asks for more images than "
-                               f"{name}:{split or own} has ({len(data)})")
-    return data.images[torch.as_tensor(list(indices), dtype=torch.long)]
+    if n > len(data):
+        raise BenchConfigError(f"--fid {n} asks for more images than {name}:{split or own} has "
+                               f"({len(data)})")
+    return data.images[:n]
 
 
 def _reference_features(plan: Plan, root: Path, split: str | None, n: int, batch: int,
@@ -134,13 +127,15 @@ def _reference_features(plan: Plan, root: Path, split: str | None, n: int, batch
     from diffinv.metrics.fid import inception_features
 
     name, _, own = str(plan.options.get("dataset", "")).partition(":")
-    folder = root / FEATURES_DIR / _slug(f"data-{name}-{split or own}")
+    folder = root / FEATURES_DIR / file_slug(f"data-{name}-{split or own}")
     chunks = batches(n, batch)
-    for j, idx in enumerate(chunks):
-        if j % shard[1] != shard[0] or _batch_file(folder, idx).is_file():
-            continue
-        feats = inception_features(_split_images(plan, split, idx), device=device)
-        _save(_batch_file(folder, idx), features=feats.numpy())
+    mine = [idx for j, idx in enumerate(chunks)
+            if j % shard[1] == shard[0] and not _batch_file(folder, idx).is_file()]
+    if mine:
+        images = _first_images(plan, split, n)  # loaded once, not per batch
+        for idx in mine:
+            feats = inception_features(images[idx[0]:idx[-1] + 1], device=device)
+            _save(_batch_file(folder, idx), features=feats.numpy())
     return _gather(folder, chunks)
 
 
@@ -150,7 +145,6 @@ def make_fid(task_path: str | os.PathLike[str], n_images: int, *,
     """Compute (or resume) the FID report of a "restore" task file (see the module docstring)."""
     from tqdm import tqdm
 
-    from diffinv.bench.gallery import restore_context, restore_plan
     from diffinv.bench.kinds import restore
     from diffinv.metrics import psnr
     from diffinv.metrics.fid import fid_from_features, inception_features
@@ -161,7 +155,7 @@ def make_fid(task_path: str | os.PathLike[str], n_images: int, *,
     batch = int(batch_size or plan.batch_size)
     cells = select_cells(plan.cells, only)
     ctx, resolved = restore_context(plan, cells)
-    _split_images(plan, None, [n_images - 1])  # enough images? (before any work)
+    _first_images(plan, None, n_images)  # enough images? (before any work)
     root = plan.out_dir / f"{plan.name}_fid"
     chunks = batches(n_images, batch)
 
@@ -170,7 +164,7 @@ def make_fid(task_path: str | os.PathLike[str], n_images: int, *,
     for cell in cells:
         ident = plan.cell_identity(cell, resolved)
         key = digest({"cell": plan.cell_key(cell), "identity": ident, "batch": batch}, 10)
-        folder = root / FEATURES_DIR / _slug("_".join(cell.labels) + "-" + key)
+        folder = root / FEATURES_DIR / file_slug("_".join(cell.labels) + "-" + key)
         folders[tuple(cell.labels)] = folder
         for j, idx in enumerate(chunks):
             if j % part[1] == part[0] and not _batch_file(folder, idx).is_file():
@@ -178,14 +172,12 @@ def make_fid(task_path: str | os.PathLike[str], n_images: int, *,
 
     for cell, folder, idx in tqdm(todo, desc="fid batches", disable=not progress,
                                   file=sys.stderr):
-        t0 = time.perf_counter()
         out = restore.restore_batch(ctx, cell, idx)
         x_hat = out.result.x.detach()
         feats = inception_features(x_hat, device=x_hat.device)
         _save(_batch_file(folder, idx), features=feats.numpy(),
               psnr=psnr(x_hat, out.x).detach().cpu().double().numpy(),
-              seconds=np.full(len(idx), float(out.result.seconds) / len(idx)),
-              wall=np.full(len(idx), (time.perf_counter() - t0) / len(idx)))
+              seconds=np.full(len(idx), float(out.result.seconds) / len(idx)))
 
     ref = _reference_features(plan, root, None, n_images, batch, part, ctx.device)
     floor_feats = _reference_features(plan, root, "train", n_images, batch, part, ctx.device)

@@ -54,7 +54,7 @@ class Gallery:
     columns: dict[str, list[str]] = field(default_factory=dict)  # image file name -> labels
 
 
-def _slug(text: str) -> str:
+def file_slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "task"
 
 
@@ -249,7 +249,7 @@ def make_gallery(task_path: str | os.PathLike[str], n_images: int = 4, *,
         columns = [x, y] + [r for _, r, _ in results]
         captions: list[Sequence[str] | None] = [None, None] + [
             [f"{v:.1f} dB" for v in vals] for _, _, vals in results]
-        name = _slug("_".join(group)) + ".png"
+        name = file_slug("_".join(group)) + ".png"
         title = " / ".join(group) + f"  ({plan.options.get('dataset')} images 0..{k - 1})"
         images.append(draw_panel(columns, labels, captions, out_dir / name, title))
         gallery.columns[name] = labels
@@ -278,7 +278,7 @@ def _kernel_panel(found: Sequence[tuple[str, Any, Any]], group: tuple[str, ...],
         columns.append(_pad_to(kernel_picture(k_hat), size))
         captions.append(None if true is None else
                         [f"{float(v):.1e}" for v in kernel_mse(k_hat, true)])
-    name = _slug("_".join(group)) + "_kernels.png"
+    name = file_slug("_".join(group)) + "_kernels.png"
     gallery.columns[name] = labels
     return draw_panel(columns, labels, captions, out_dir / name,
                       title.replace("  (", " kernels  (", 1))
