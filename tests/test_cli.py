@@ -67,3 +67,21 @@ def test_demo_runs_on_the_embedded_prior(tmp_path, capsys):
     # the restoration is closer to the truth than the blurred, noisy measurement
     assert sum(report["psnr"]) > sum(report["psnr_of_y"])
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["bench", "solve"])
+def test_threads_option_sets_torch_threads_before_the_command(command, tmp_path, monkeypatch,
+                                                              capsys):
+    import torch
+
+    seen: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    target = str(tmp_path / "missing")  # the command then fails cleanly, after the option acts
+    argv = [command, target + ".toml"] if command == "bench" else [command, target, "-o",
+                                                                    str(tmp_path / "out")]
+    assert main(argv + ["--threads", "3"]) == 1
+    assert seen == [3]
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--threads", "0"])
+    assert e.value.code == 2
+    assert "must be an integer >= 1" in capsys.readouterr().err

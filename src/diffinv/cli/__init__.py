@@ -38,6 +38,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU thread count for the command (applied by :func:`main` before
+    the command runs; default: torch's own choice, all cores). On a shared machine, one thread
+    per process and one process per core (``--shard``) is usually the fastest use of the cores."""
+    parser.add_argument("--threads", metavar="N", type=positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice, every core); with "
+                             "several processes on one machine give each 1")
+
+
 def int_list(text: str) -> list[int]:
     """argparse type: comma-separated integers, e.g. ``1,2,2,2`` (empty: none)."""
     try:
@@ -80,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    threads = getattr(args, "threads", None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
     try:
         return int(args.func(args) or 0)
     except DiffinvError as e:

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 from diffinv.bench.spec import TASK_FILE_FORMAT
+from diffinv.cli import add_threads_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "PSNR, s/image; resumable (features per batch in NAME_fid/), takes "
                         "--shard and --batch-size; writes no rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

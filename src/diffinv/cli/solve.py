@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from diffinv.cli import add_threads_option
+
 HELP = "restore a saved measurement with a solver and a diffusion prior"
 
 
@@ -67,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing non-empty output folder (never a file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 
