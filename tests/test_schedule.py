@@ -54,6 +54,10 @@ def test_spacings():
     u = spaced_timesteps(1000, 10, "uniform")
     assert u[0] == 999 and u[-1] == 0 and len(u) == 10 and u == sorted(u, reverse=True)
     assert spaced_timesteps(1000, 4, "trailing") == [999, 749, 499, 249]
+    # DiffPIR's quad grid: 999 - int(sqrt(linspace(0, T^2, N))), its last entry moved to 0
+    q = spaced_timesteps(1000, 100, "quad")
+    assert q[:4] == [999, 899, 857, 825] and q[-3:] == [10, 5, 0] and len(q) == 100
+    assert spaced_timesteps(1000, 3, "quad") == [999, 292, 0]
     with pytest.raises(DiffinvError):
         spaced_timesteps(1000, 0)
     with pytest.raises(UnknownNameError, match="leading"):

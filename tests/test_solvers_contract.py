@@ -16,7 +16,7 @@ from diffinv.solvers._common import SolverDivergedError
 FAST = {
     "dps": {"steps": 25}, "dps-nll": {"steps": 25, "scale": 1e-3}, "mcg": {"steps": 25},
     "ilvr": {"steps": 25}, "dmps": {"steps": 25}, "pigdm": {"steps": 10}, "ddrm": {},
-    "admm-pnp": {"iters": 10},
+    "admm-pnp": {"iters": 10}, "diffpir": {"steps": 20}, "red-diff": {"steps": 50},
 }
 
 
@@ -64,6 +64,8 @@ def test_nfe_counts(gaussian_problem):
     assert r.nfe == 30 and r.trace["backward_nfe"] == 30
     assert make_solver("ddrm", steps=7)(m.y, m.public(), prior).nfe == 7
     assert make_solver("pigdm", steps=12)(m.y, m.public(), prior).nfe == 12
+    assert make_solver("diffpir", steps=9)(m.y, m.public(), prior).nfe == 9
+    assert make_solver("red-diff", steps=20)(m.y, m.public(), prior).nfe == 20
 
 
 def test_different_seeds_differ(gaussian_problem):
@@ -127,7 +129,7 @@ class _NaNAfter(nn.Module):
         return out * float("nan") if int(t[0]) < self.t_bad else out
 
 
-@pytest.mark.parametrize("name", ["dps", "ddrm", "pigdm", "admm-pnp"])
+@pytest.mark.parametrize("name", ["dps", "ddrm", "pigdm", "admm-pnp", "diffpir", "red-diff"])
 def test_nan_mid_run_stops_and_keeps_last_finite(gaussian_problem, name):
     mu, sigma, schedule, net = gaussian_problem
     t_bad = 30 if name == "admm-pnp" else 400

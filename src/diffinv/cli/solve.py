@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(diffinv.solvers.presets): auto = tuned32 for the embedded priors, none "
                    "for a checkpoint of yours; none = the papers' defaults; -p overrides it")
     p.add_argument("--blind", action="store_true", help="estimate the unknown operator "
-                   "parameters of a blind family jointly (dmplug)")
+                   "parameters of a blind family jointly (dmplug, red-diff)")
     p.add_argument("--early-stop", choices=["none", "wmv"], default=None,
                    help="early-stopping rule of iterative solvers (dmplug): wmv = ES-WMV; "
                    "W and P with -p window=... -p patience=...")

@@ -133,6 +133,9 @@ def spaced_timesteps(T: int, steps: int, spacing: str = "uniform") -> list[int]:
       T = 1000, steps = 3 this is 666, 333, 0, the grid of DMPlug's R(z).
     * ``"uniform"``: ``round(linspace(0, T - 1, steps))``, always including T - 1 and 0.
     * ``"trailing"``: ``round(arange(T, 0, -T/steps)) - 1`` (ends at T - 1).
+    * ``"quad"``: ``T - 1 - floor(sqrt(linspace(0, T^2, steps)))``, the last one 0 (DiffPIR's
+      ``skip_type="quad"``): from T - 1, dense near the clean end; a repeated value (possible
+      only when ``steps`` approaches T) is dropped.
     """
     if not 1 <= steps <= T:
         raise DiffinvError(f"steps must lie in 1..{T}, got {steps}")
@@ -142,8 +145,14 @@ def spaced_timesteps(T: int, steps: int, spacing: str = "uniform") -> list[int]:
         ts = sorted({round(i * (T - 1) / max(steps - 1, 1)) for i in range(steps)})
     elif spacing == "trailing":
         ts = sorted({round(T - i * T / steps) - 1 for i in range(steps)})
+    elif spacing == "quad":
+        import math
+
+        ts = sorted({max(T - 1 - math.isqrt(round(i * T * T / max(steps - 1, 1))), 0)
+                     for i in range(steps)})
     else:
         from diffinv.errors import UnknownNameError
 
-        raise UnknownNameError("timestep spacing", spacing, ["leading", "uniform", "trailing"])
+        raise UnknownNameError("timestep spacing", spacing,
+                               ["leading", "uniform", "trailing", "quad"])
     return ts[::-1]

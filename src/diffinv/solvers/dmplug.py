@@ -84,17 +84,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from diffinv.diffusion.schedule import spaced_timesteps
 from diffinv.errors import DiffinvError, NonFiniteError, ShapeError, UnknownNameError
 from diffinv.seeding import randn
+from diffinv.solvers._unknowns import OperatorUnknowns, blind_unknowns
 from diffinv.solvers.base import Result, Solver, register_solver
 from diffinv.solvers.early_stopping import (
     DEFAULT_PATIENCE,
@@ -134,91 +133,6 @@ def reverse_process(prior: Any, z: Tensor, timesteps: Sequence[int], *, clip: bo
         else:
             x = _ddim_step(prior, x, t, t_prev, clip)
     return x.clamp(-1, 1)
-
-
-# ---------------------------------------------------------------------------------- blind unknowns
-@dataclass
-class _Unknowns:
-    """Per-image leaf tensors optimised with ``z`` and how they give the operator's parameters."""
-
-    leaves: dict[str, Tensor] = field(default_factory=dict)
-    lrs: dict[str, float] = field(default_factory=dict)
-    transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] = lambda leaves: {}
-    apply: Callable[..., Tensor] | None = None
-    #: known per-image operator parameters (non-blind: masks, kernels, ...)
-    fixed: dict[str, Tensor] = field(default_factory=dict)
-
-    def estimates(self) -> dict[str, Tensor]:
-        return self.transform(self.leaves)
-
-    def forward(self, x: Tensor, est: dict[str, Tensor]) -> Tensor:
-        assert self.apply is not None
-        return self.apply(x, est, self.fixed)
-
-    def _fixed_of(self, index: Tensor | slice, op: Any) -> dict[str, Tensor]:
-        fixed = {}
-        for k, v in self.fixed.items():
-            nd = op.param_ndim.get(k)
-            per_image = v.ndim >= 1 and (v.ndim == nd + 1 if nd is not None else True)
-            fixed[k] = v[index] if per_image and v.shape[0] > 1 else v
-        return fixed
-
-    def select(self, i: int, op: Any) -> _Unknowns:
-        """Image ``i``'s share (fresh leaves, its own fixed parameters): image-by-image solving."""
-        return _Unknowns({k: v[i:i + 1].detach().clone().requires_grad_() for k, v in
-                          self.leaves.items()}, self.lrs, self.transform, self.apply,
-                         self._fixed_of(slice(i, i + 1), op))
-
-    def subset(self, index: Tensor, op: Any) -> _Unknowns:
-        """The share of images ``index`` (1-D long tensor) with the leaves *indexed*, not copied:
-        gradients of the subset's loss reach the full leaves (zero for the other images)."""
-        return _Unknowns({k: v[index] for k, v in self.leaves.items()}, self.lrs, self.transform,
-                         self.apply, self._fixed_of(index, op))
-
-
-def _range_param(name: str, lo: float, hi: float) -> Callable[[dict[str, Tensor]], dict]:
-    def transform(leaves: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {name: lo + (hi - lo) * torch.sigmoid(leaves[f"{name}_logit"])}
-
-    return transform
-
-
-def _blind_unknowns(op: Any, generators: Sequence[torch.Generator], image_shape: Sequence[int],
-                    kernel_size: int | None, kernel_lr: float, param_lr: float,
-                    device: torch.device, dtype: torch.dtype) -> _Unknowns:
-    from diffinv.physics.blur import GaussianBlur, MotionBlur, blur
-    from diffinv.physics.warps import RotationBlur, ZoomBlur
-
-    B = len(generators)
-    H, W = (int(s) for s in image_shape[-2:])
-    if isinstance(op, GaussianBlur | MotionBlur):
-        k = op.size if kernel_size is None else kernel_size
-        if isinstance(k, bool) or int(k) != k or k < 1:
-            raise DiffinvError(f"kernel_size must be an integer >= 1, got {kernel_size!r}")
-        k = int(k)
-        if k > min(H, W):
-            raise ShapeError(f"a {k}x{k} kernel does not fit {H}x{W} images")
-        logits = randn((k * k,), generators, device=device, dtype=dtype).requires_grad_()
-        boundary = op.boundary
-
-        def kernel(leaves: dict[str, Tensor]) -> dict[str, Tensor]:
-            return {"kernel": F.softmax(leaves["kernel_logits"], dim=1).reshape(-1, k, k)}
-
-        return _Unknowns({"kernel_logits": logits}, {"kernel_logits": kernel_lr}, kernel,
-                         lambda x, est, fixed: blur(x, est["kernel"], boundary))
-    if kernel_size is not None:
-        raise DiffinvError(f"kernel_size applies to blind kernel families, not to "
-                           f"{type(op).__name__}")
-    if isinstance(op, RotationBlur | ZoomBlur):
-        name, (lo, hi) = (("theta", op.theta_range) if isinstance(op, RotationBlur)
-                          else ("z", op.z_range))
-        u = torch.zeros(B, dtype=dtype, device=device, requires_grad=True)
-        return _Unknowns({f"{name}_logit": u}, {f"{name}_logit": param_lr},
-                         _range_param(name, float(lo), float(hi)),
-                         lambda x, est, fixed: op(x, **est))
-    raise DiffinvError(f"blind DMPlug estimates blind Gaussian/motion blur kernels and blind "
-                       f"rotation/zoom parameters; it cannot estimate those of "
-                       f"{type(op).__name__}")
 
 
 # ---------------------------------------------------------------------------------- bookkeeping
@@ -517,13 +431,13 @@ class DMPlug(Solver):
         ts = self.timesteps(prior)
         z = randn(image_shape, generators, device=y.device, dtype=y.dtype)
         if blind:
-            unknowns = _blind_unknowns(op, generators, image_shape, self.kernel_size,
+            unknowns = blind_unknowns(op, generators, image_shape, self.kernel_size,
                                        self.kernel_lr, self.param_lr, y.device, y.dtype)
         else:
             if self.kernel_size is not None:
                 raise DiffinvError("kernel_size applies to blind DMPlug only")
             params = {k: v.to(y.device) for k, v in getattr(physics, "params", {}).items()}
-            unknowns = _Unknowns(apply=lambda x, est, fixed: op(x, **fixed), fixed=params)
+            unknowns = OperatorUnknowns(apply=lambda x, est, fixed: op(x, **fixed), fixed=params)
         was_training = prior.network.training
         prior.network.eval()
         try:
@@ -544,7 +458,7 @@ class DMPlug(Solver):
         return x, trace
 
     def _objective(self, y: Tensor, prior: Any, z: Tensor,
-                   unknowns: _Unknowns) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+                   unknowns: OperatorUnknowns) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """(R(z), per-image loss, estimates); images with a non-finite iterate get a NaN loss."""
         x = self.generate(prior, z)
         est = unknowns.estimates()
