@@ -17,6 +17,7 @@ FAST = {
     "dps": {"steps": 25}, "dps-nll": {"steps": 25, "scale": 1e-3}, "mcg": {"steps": 25},
     "ilvr": {"steps": 25}, "dmps": {"steps": 25}, "pigdm": {"steps": 10}, "ddrm": {},
     "admm-pnp": {"iters": 10}, "diffpir": {"steps": 20}, "red-diff": {"steps": 50},
+    "daps": {"annealing_steps": 8, "mcmc_steps": 10},
 }
 
 
@@ -66,6 +67,8 @@ def test_nfe_counts(gaussian_problem):
     assert make_solver("pigdm", steps=12)(m.y, m.public(), prior).nfe == 12
     assert make_solver("diffpir", steps=9)(m.y, m.public(), prior).nfe == 9
     assert make_solver("red-diff", steps=20)(m.y, m.public(), prior).nfe == 20
+    assert make_solver("daps", annealing_steps=4, ode_steps=3, mcmc_steps=2)(
+        m.y, m.public(), prior).nfe == 12
 
 
 def test_different_seeds_differ(gaussian_problem):
@@ -129,11 +132,27 @@ class _NaNAfter(nn.Module):
         return out * float("nan") if int(t[0]) < self.t_bad else out
 
 
-@pytest.mark.parametrize("name", ["dps", "ddrm", "pigdm", "admm-pnp", "diffpir", "red-diff"])
+class _NaNAfterCalls(nn.Module):
+    """Wraps an eps network and returns NaN from its ``n + 1``-th call on."""
+
+    def __init__(self, net, n):
+        super().__init__()
+        self.net, self.n, self.calls = net, n, 0
+
+    def forward(self, x, t):
+        self.calls += 1
+        out = self.net(x, t)
+        return out * float("nan") if self.calls > self.n else out
+
+
+@pytest.mark.parametrize("name", ["dps", "ddrm", "pigdm", "admm-pnp", "diffpir", "red-diff",
+                                  "daps"])
 def test_nan_mid_run_stops_and_keeps_last_finite(gaussian_problem, name):
     mu, sigma, schedule, net = gaussian_problem
     t_bad = 30 if name == "admm-pnp" else 400
-    prior = DiffusionPrior(_NaNAfter(net, t_bad), schedule, image_shape=(1, 2, 2))
+    # DAPS's every level runs its ODE down to sigma 0.01: NaN after its first two levels instead
+    bad = _NaNAfterCalls(net, 12) if name == "daps" else _NaNAfter(net, t_bad)
+    prior = DiffusionPrior(bad, schedule, image_shape=(1, 2, 2))
     m = _measurement("dps")
     with pytest.raises(SolverDivergedError) as info:
         make_solver(name, **FAST[name])(m.y, m.public(), prior)
