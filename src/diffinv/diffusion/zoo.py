@@ -16,7 +16,10 @@
 
 The JSON's ``sha256`` (or the ``sha256=`` argument) must match the weights file; the weights must
 match the network the config describes exactly (``strict=True``). Any mismatch raises
-:class:`IntegrityError` naming the problem. Diffusers folders are not supported.
+:class:`IntegrityError` naming the problem.
+
+* A diffusers folder (a ``UNet2DModel`` saved with ``save_pretrained``, with its scheduler config):
+  :mod:`diffinv.diffusion.diffusers_folder` (optional extra ``diffinv[diffusers]``).
 """
 
 from __future__ import annotations
@@ -294,6 +297,13 @@ def _load(name_or_path: str | Path, device: str | torch.device,
         raise DiffinvError(f"config= applies to ADM .pt checkpoints only, not to {name!r}")
     if name in known:
         return _load_safetensors(embedded_dir() / f"{name}.safetensors", device, sha256)
+    if path.is_dir():
+        from diffinv.diffusion.diffusers_folder import is_diffusers_folder, load_diffusers_prior
+
+        if is_diffusers_folder(path):
+            return load_diffusers_prior(path, device, sha256)
+        raise DiffinvError(f"{path} is a folder but not a diffusers UNet folder (config.json, or "
+                           "unet/config.json with scheduler/scheduler_config.json)")
     if path.is_file():
         if path.suffix == ".safetensors":
             return _load_safetensors(path, device, sha256)
