@@ -99,6 +99,12 @@ def gaussian_sigma(solver: Any, noise: Any) -> float:
                        f"{noise!r} (use dps-nll for other noise models)")
 
 
+def has_fast_svd(operator: Any) -> bool:
+    """Whether ``operator`` is linear and gives a fast SVD (what ``requires = ("svd",)`` checks)."""
+    return (bool(getattr(operator, "linear", False)) and callable(getattr(operator, "svd", None))
+            and getattr(operator, "has_svd", True) is not False)
+
+
 def operator_svd(problem: Problem, like: Tensor) -> Any:
     """The operator's fast SVD for the batch, on ``like``'s device and dtype."""
     svd = problem.operator.svd(problem.image_shape, **problem.params)

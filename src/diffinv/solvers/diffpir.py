@@ -47,7 +47,7 @@ from torch import Tensor
 
 from diffinv.errors import DiffinvError
 from diffinv.seeding import randn
-from diffinv.solvers._common import gaussian_sigma, operator_svd
+from diffinv.solvers._common import gaussian_sigma, has_fast_svd, operator_svd
 from diffinv.solvers.base import register_solver
 from diffinv.solvers.interleave import Context, Interleaved, Step
 
@@ -99,9 +99,7 @@ class DiffPIR(Interleaved):
         self.lam, self.zeta, self.grad_steps = float(lam), float(zeta), int(grad_steps)
 
     def prepare(self, ctx: Context) -> None:
-        op = ctx.problem.operator
-        has_svd = (getattr(op, "linear", False) and callable(getattr(op, "svd", None))
-                   and getattr(op, "has_svd", True) is not False)
+        has_svd = has_fast_svd(ctx.problem.operator)
         ctx.data["svd"] = operator_svd(ctx.problem, ctx.y) if has_svd else None
         ctx.data["sigma_n"] = max(gaussian_sigma(self, ctx.problem.noise) / 2.0, SIGMA_FLOOR)
         ctx.data["log_data_step"] = "svd" if has_svd else f"gradient x{self.grad_steps}"

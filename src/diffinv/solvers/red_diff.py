@@ -56,7 +56,7 @@ from torch import Tensor
 
 from diffinv.errors import DiffinvError, UnknownNameError
 from diffinv.seeding import randn
-from diffinv.solvers._common import check_finite, progress, unpack
+from diffinv.solvers._common import check_finite, has_fast_svd, operator_svd, progress, unpack
 from diffinv.solvers._unknowns import OperatorUnknowns, blind_unknowns
 from diffinv.solvers.base import Solver, register_solver
 
@@ -92,14 +92,12 @@ def red_diff_loss(mu: Tensor, eps_pred: Tensor, eps: Tensor, residual: Tensor, w
     return reg + obs, reg, obs
 
 
-def initial_mean(y: Tensor, problem: Any, image_shape: Sequence[int]) -> Tensor:
+def initial_mean(y: Tensor, problem: Any) -> Tensor:
     """``A^+ y`` (SVD), else ``y`` when it has the image's shape, else ``A^T y`` (linear)."""
     op = problem.operator
-    if (getattr(op, "linear", False) and callable(getattr(op, "svd", None))
-            and getattr(op, "has_svd", True) is not False):
-        svd = op.svd(tuple(image_shape), **problem.params).to(y.device, y.dtype)
-        return svd.pinv(y, PINV_EPS)
-    if tuple(y.shape[1:]) == tuple(image_shape[1:]):
+    if has_fast_svd(op):
+        return operator_svd(problem, y).pinv(y, PINV_EPS)
+    if tuple(y.shape[1:]) == tuple(problem.image_shape[1:]):
         return y.clone()
     if getattr(op, "linear", False) and callable(getattr(op, "adjoint", None)):
         return op.adjoint(y, **problem.params)
@@ -140,7 +138,7 @@ class REDDiff(Solver):
         """(initial mu, the operator unknowns, a note on the forward model)."""
         if not self.blind:
             problem = unpack(self, y, physics, prior)
-            mu = initial_mean(y, problem, problem.image_shape)
+            mu = initial_mean(y, problem)
             op = problem.operator
             return mu, OperatorUnknowns(apply=lambda x, est, fixed: op(x, **fixed),
                                         fixed=problem.params), type(op).__name__
