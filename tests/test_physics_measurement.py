@@ -192,3 +192,34 @@ def test_cli_measure_dataset(tmp_path):
     assert m.domain == "fashion32" and m.indices == [17] and m.source == "fashion32:test:17"
     _same(m.x, x)
     _same(m.y, measure(x, "motion-blur", "gaussian:0.05", seed=3, indices=idx).y)
+
+
+class _Halve(diffinv.physics.Operator):
+    """An operator of the user's own, not in the registry: y = x / 2."""
+
+    linear = True
+
+    def apply(self, x, **params):
+        return 0.5 * x
+
+
+def test_an_unregistered_operator_measures_and_solves_in_memory_but_is_not_saved(tmp_path):
+    x = _images(2)
+    op = _Halve()
+    m = measure(x, op, "gaussian:0.05", seed=1)
+    assert m.operator == "custom:_Halve"
+    assert m.make_operator() is op and m.public().make_operator() is op
+    noise = m.y - 0.5 * x  # sd of a sample sd: sigma / sqrt(2 n)
+    assert abs(float(noise.std()) - 0.05) < 5 * 0.05 / (2 * noise.numel()) ** 0.5
+    from diffinv.diffusion import DiffusionPrior
+    from diffinv.diffusion.unet import UNet
+    from diffinv.solvers import make_solver
+
+    torch.manual_seed(0)
+    prior = DiffusionPrior(UNet(base_channels=8, channel_mults=(1,), num_res_blocks=1,
+                                attention_resolutions=()), image_shape=(1, 32, 32))
+    out = make_solver("dps", steps=3)(m.y, m.public(), prior, seed=0)
+    assert out.x.shape == x.shape and torch.isfinite(out.x).all()
+    with pytest.raises(DiffinvError, match="cannot be saved"):
+        save_measurement(m, tmp_path / "m")
+    assert not (tmp_path / "m").exists()

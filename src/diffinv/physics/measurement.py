@@ -63,9 +63,15 @@ class Measurement:
     blind: bool = False
     x: Tensor | None = None
     true_params: dict[str, Tensor] = field(default_factory=dict)
+    #: the operator object itself when it is not in the registry (e.g. a deepinv physics,
+    #: :mod:`diffinv.interop.deepinv`); such a measurement lives in memory only
+    operator_instance: Operator | None = field(default=None, repr=False, compare=False)
 
     def make_operator(self) -> Operator:
-        """Rebuild the operator from its name and public settings."""
+        """Rebuild the operator from its name and public settings (or return the unregistered
+        operator object the measurement was made with)."""
+        if self.operator_instance is not None:
+            return self.operator_instance
         return make_operator(self.operator, **{k: v for k, v in self.config.items()
                                                if k != "blind"})
 
@@ -96,7 +102,9 @@ def measure(x: Tensor, operator: str | Operator, noise: str | NoiseModel, seed: 
 
     ``x``: the true images (B, C, H, W) in [-1, 1] (checked: values outside raise, a batch with no
     value below 0 warns that it looks like [0, 1]; :func:`~diffinv.checks.check_image_range`).
-    ``operator``: a registered name or an operator from :func:`make_operator`; ``noise``: a spec
+    ``operator``: a registered name, an operator from :func:`make_operator`, any other
+    :class:`Operator` or a deepinv ``Physics`` (wrapped by :mod:`diffinv.interop.deepinv`; these two
+    give a measurement that lives in memory only: :func:`save_measurement` refuses it); ``noise``: a spec
     such as ``"gaussian:0.05"``; ``indices``: the images' indices in their data set (default
     ``0..B-1``), which select their random streams; ``params``: per-image operator parameters to use
     instead of drawing them (validated, e.g. kernels must be non-negative and sum to 1).
@@ -104,9 +112,17 @@ def measure(x: Tensor, operator: str | Operator, noise: str | NoiseModel, seed: 
     check_image(x, "x")
     check_image_range(x, "x")
     op = make_operator(operator) if isinstance(operator, str) else operator
+    if not isinstance(op, Operator):
+        from diffinv.interop.deepinv import from_deepinv, is_deepinv_physics
+
+        if not is_deepinv_physics(op):
+            raise DiffinvError("operator must be a registered name, a diffinv Operator or a "
+                               f"deepinv Physics; got {type(op).__name__}")
+        op = from_deepinv(op)
     name = getattr(op, "registry_name", None)
-    if not isinstance(op, Operator) or name is None:
-        raise DiffinvError("operator must be a registered name or built by make_operator")
+    instance = None if name is not None else op
+    if name is None:
+        name = f"custom:{type(op).__name__}"
     nm = make_noise(noise)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise DiffinvError(f"seed must be an integer, got {seed!r}")
@@ -130,7 +146,7 @@ def measure(x: Tensor, operator: str | Operator, noise: str | NoiseModel, seed: 
     return Measurement(
         y=y, operator=name, config=op.config(), params={} if blind else theta, noise=nm.spec(),
         seed=seed, domain=domain, indices=indices, source=source, blind=blind,
-        x=x.detach().clone(), true_params=theta if blind else {})
+        x=x.detach().clone(), true_params=theta if blind else {}, operator_instance=instance)
 
 
 # ------------------------------------------------------------------ saving and loading
@@ -177,6 +193,10 @@ def save_measurement(m: Measurement, directory: str | os.PathLike, *,
     """
     from safetensors.torch import save_file
 
+    if m.operator_instance is not None:
+        raise DiffinvError(f"a measurement made with an unregistered operator ({m.operator}) "
+                           "cannot be saved: a saved measurement names its operator in "
+                           "diffinv's registry (diffinv measure --list)")
     out = check_output_folder(directory, overwrite=overwrite)
     with atomic_folder(out) as tmp:
         cfg, cfg_tensors = _split_config(m.config)

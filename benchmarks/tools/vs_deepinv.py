@@ -1,0 +1,249 @@
+"""diffinv's DPS and DDRM against deepinv's, with the same network, measurements and step schedule
+(issue 25: benchmarks/vs_deepinv.md).
+
+Needs an environment with deepinv and torchvision (``pip install -e '.[deepinv]'`` in a separate
+virtual environment; the core never imports them). Shard over the two cores, then report:
+
+    OMP_NUM_THREADS=1 python benchmarks/tools/vs_deepinv.py run --shard 0/2 &
+    OMP_NUM_THREADS=1 python benchmarks/tools/vs_deepinv.py run --shard 1/2 &
+    python benchmarks/tools/vs_deepinv.py report -o benchmarks/vs_deepinv.md
+
+What runs. fashion32 test images 0..N-1; Gaussian deblurring, SR x4 (average pooling) and random
+70% inpainting at sigma = 0.05 ([-1, 1] units), each measurement made by ``diffinv.physics.measure``
+with seed 0 exactly as in benchmarks/linear.md (the same y). Per image, one process runs, one after
+the other on the same thread: diffinv DDRM and deepinv DDRM, diffinv DPS and deepinv DPS, batch 1.
+
+* The network: the embedded fashion32 prior; deepinv gets it through
+  ``diffinv.interop.deepinv.as_deepinv_denoiser`` and the operator through ``to_deepinv`` (our SVD as
+  a deepinv ``DecomposablePhysics``), with the measurement moved to deepinv's [0, 1] units
+  (``measurement_to_unit_range``: ``(y + A 1) / 2``, sigma / 2). Outputs are mapped back
+  (``2 u - 1``) and scored against the same truth.
+* DDRM: ours with its tuned32 setting (100 steps of the 1,000 with its
+  leading spacing, eta = 1, eta_b = 1);
+  deepinv's ``DDRM`` with the noise levels of those same 100 timesteps,
+  ``sigma_t = sqrt((1 - abar_t) / abar_t) / 2`` ([0, 1] units), eta = 1, etab = 1.
+* DPS: ours with tuned32 (1,000 steps, zeta 1 on Gaussian deblurring, 0.3 on SR and random
+  inpainting: the DPS rows of linear.md); deepinv's ``DPS`` at its defaults (1,000 steps of its
+  continuous VP SDE, beta 0.1 -> 20, the DDPM solver, weight 1, ``"norm"`` guidance), with
+  ``dtype=float32`` (its default float64 state would slow it for no gain at 32x32).
+* Seconds: wall time of the solver call alone. Peak memory: benchmarks/tools/peak_memory.py (CPU:
+  the largest resident-set growth during the call, sampled every 2 ms; ``torch.cuda`` peak on a GPU).
+Rows go to ``benchmarks/vs_deepinv.part{I}of{N}.jsonl`` as they finish; a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from peak_memory import timed
+
+OUT_DIR = Path(__file__).resolve().parents[1]
+TASKS = {
+    "gauss-deblur": ("gaussian-blur", {}),
+    "sr4": ("sr-avgpool", {"factor": 4}),
+    "inpaint-random": ("inpaint-random", {}),
+}
+SIGMA = 0.05
+SEED = 0
+
+
+def solve_one(lib: str, meth: str, *, m: Any, op_name: str, prior: Any, denoiser: Any, y01: Any,
+              physics: Any, shape: tuple[int, ...], seed: int, ddrm_sigmas: list[float],
+              dps_weight: float, device: str) -> Any:
+    """One restoration in [-1, 1] units by ``lib`` ("diffinv" | "deepinv") with ``meth``."""
+    import deepinv as dinv
+    import torch
+
+    from diffinv.seeding import image_generators
+    from diffinv.solvers import make_solver
+
+    if lib == "diffinv":
+        solver = make_solver(meth, preset="tuned32", operator=op_name)
+        return solver(m.y, m.public(), prior, seed=image_generators(seed, [0])).x
+    if meth == "ddrm":
+        model = dinv.sampling.DDRM(denoiser=denoiser, sigmas=ddrm_sigmas, eta=1.0, etab=1.0)
+        torch.manual_seed(seed)
+        return 2 * model(y01, physics) - 1
+    model = dinv.sampling.DPS(denoiser=denoiser, num_steps=1000, weight=dps_weight,
+                              dtype=torch.float32, device=device)
+    torch.manual_seed(seed)
+    return 2 * model(y01, physics, x_init=shape) - 1
+
+
+def runs_for(i: int, args: argparse.Namespace) -> list[tuple[str, str, str, float]]:
+    """(task, method, library label, deepinv DPS weight) of image ``i``, in running order."""
+    out = []
+    for task in args.tasks:
+        if "ddrm" in args.methods:
+            out += [(task, "ddrm", "diffinv", 0.0), (task, "ddrm", "deepinv", 0.0)]
+        if "dps" in args.methods and i < args.dps_n:
+            out.append((task, "dps", "diffinv", 0.0))
+            out += [(task, "dps", f"deepinv weight {w:g}", w) for w in args.dps_weights]
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    import deepinv as dinv
+    import torch
+
+    from diffinv import load_prior
+    from diffinv.data import load_split
+    from diffinv.diffusion.schedule import spaced_timesteps
+    from diffinv.interop.deepinv import as_deepinv_denoiser, measurement_to_unit_range, to_deepinv
+    from diffinv.metrics import get_metric
+    from diffinv.physics import make_operator, measure
+    from diffinv.solvers import make_solver
+
+    torch.set_num_threads(args.threads)
+    k, n_shards = (int(v) for v in args.shard.split("/"))
+    out_path = OUT_DIR / f"vs_deepinv.part{k}of{n_shards}.jsonl"
+    done = set()
+    if out_path.exists():
+        for line in out_path.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["task"], r["method"], r["library"], r["index"]))
+    prior = load_prior("fashion32", device=args.device)
+    denoiser = as_deepinv_denoiser(prior)
+    ab = prior.schedule.alpha_bar.double()
+    ours_ddrm = make_solver("ddrm", preset="tuned32", operator="gaussian-blur")  # same on all 3
+    ts = sorted(spaced_timesteps(prior.num_timesteps, ours_ddrm.steps, ours_ddrm.spacing),
+                reverse=True)
+    ddrm_sigmas = [float(((1 - ab[t]) / ab[t]).sqrt() / 2) for t in ts]
+    metrics = {name: get_metric(name) for name in ("psnr", "ssim")}
+    data = load_split("fashion32", "test")
+    mine = [i for i in range(args.n) if i % n_shards == k]
+    todo = [(i, r) for i in mine for r in runs_for(i, args) if (r[0], r[1], r[2], i) not in done]
+    print(f"vs_deepinv shard {k}/{n_shards}: {len(todo)} runs to do -> {out_path}", flush=True)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="run", file=sys.stderr)
+    cache: dict[tuple[int, str], Any] = {}
+    with out_path.open("a") as out:
+        for i, (task, meth, lib, weight) in todo:
+            x = data.images[i:i + 1].to(args.device)
+            if (i, task) not in cache:
+                op_name, op_kw = TASKS[task]
+                op = make_operator(op_name, **op_kw).to(args.device)
+                m = measure(x, op, f"gaussian:{SIGMA}", SEED, [i], domain="fashion32",
+                            source="fashion32:test")
+                y01, s01 = measurement_to_unit_range(m.y, op, m.params, SIGMA)
+                physics = to_deepinv(op, m.params, image_shape=tuple(x.shape), noise_sigma=s01,
+                                     device=args.device)
+                cache = {(i, task): (op_name, m, y01, physics)}
+            op_name, m, y01, physics = cache[(i, task)]
+            prior.reset_nfe()
+            call = functools.partial(
+                solve_one, lib.split()[0], meth, m=m, op_name=op_name, prior=prior,
+                denoiser=denoiser, y01=y01, physics=physics, shape=tuple(x.shape),
+                seed=1000 * i + 7, ddrm_sigmas=ddrm_sigmas, dps_weight=weight,
+                device=args.device)
+            xh, sec, mem = timed(call, args.device)
+            xh = xh.detach().float().clamp(-1, 1)
+            row = {"task": task, "method": meth, "library": lib, "index": i,
+                   "seconds": sec, "peak_mib": mem, "nfe": prior.nfe,
+                   **{name: float(f(xh, x).reshape(-1)[0]) for name, f in metrics.items()},
+                   "threads": args.threads, "device": args.device,
+                   "torch": torch.__version__, "deepinv": dinv.__version__,
+                   "machine": f"{platform.machine()} {platform.processor()}"}
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            bar.update(1)
+    bar.close()
+
+
+def report(args: argparse.Namespace) -> None:
+    import math
+    import statistics
+
+    rows = []
+    for p in sorted(OUT_DIR.glob("vs_deepinv.part*of*.jsonl")):
+        rows += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    if not rows:
+        sys.exit("no rows: run `vs_deepinv.py run` first")
+    by = {}
+    for r in rows:
+        by.setdefault((r["task"], r["method"]), {}).setdefault(r["library"], {})[r["index"]] = r
+
+    def mean_ci(v: list[float]) -> str:
+        if len(v) < 2:
+            return f"{v[0]:.2f}" if v else "-"
+        from scipy import stats
+
+        h = stats.t.ppf(0.975, len(v) - 1) * statistics.stdev(v) / math.sqrt(len(v))
+        return f"{statistics.mean(v):.2f} ± {h:.2f}"
+
+    r0 = rows[0]
+    lines = [
+        "# diffinv vs deepinv: DPS and DDRM with the same network, measurements and schedule",
+        "",
+        "Made by `benchmarks/tools/vs_deepinv.py` (commands and settings in its docstring): "
+        f"deepinv {r0['deepinv']}, torch {r0['torch']}, {r0['machine']}, {r0['threads']} thread(s) "
+        f"per process, device {r0['device']}; fashion32 test images, sigma = {SIGMA}, seed {SEED}; "
+        "batch 1, both libraries run one after the other on each image in the same process.",
+        "",
+        "| task | method | deepinv run | N | PSNR diffinv | PSNR deepinv | paired diff (diffinv - "
+        "deepinv) | SSIM diffinv | SSIM deepinv | s/image diffinv | s/image deepinv | time ratio "
+        "(deepinv / diffinv) | peak MiB diffinv | peak MiB deepinv | NFE diffinv | NFE deepinv |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for (task, meth), libs in sorted(by.items()):
+        a = libs.get("diffinv", {})
+        for label, b in sorted(libs.items()):
+            idx = sorted(set(a) & set(b))
+            if label == "diffinv" or not idx:
+                continue
+
+            def col(lib: dict, key: str, idx: list[int] = idx) -> list[float]:
+                return [lib[i][key] for i in idx]
+
+            diff = [a[i]["psnr"] - b[i]["psnr"] for i in idx]
+            sa, sb = statistics.median(col(a, "seconds")), statistics.median(col(b, "seconds"))
+            lines.append(
+                f"| {task} | {meth.upper()} | {label} | {len(idx)} | {mean_ci(col(a, 'psnr'))} | "
+                f"{mean_ci(col(b, 'psnr'))} | {mean_ci(diff)} | "
+                f"{statistics.mean(col(a, 'ssim')):.3f} | {statistics.mean(col(b, 'ssim')):.3f} | "
+                f"{sa:.2f} | {sb:.2f} | {sb / sa:.2f} | "
+                f"{statistics.median(col(a, 'peak_mib')):.0f} | "
+                f"{statistics.median(col(b, 'peak_mib')):.0f} | "
+                f"{statistics.median(col(a, 'nfe')):.0f} | {statistics.median(col(b, 'nfe')):.0f} |")
+    lines += [
+        "",
+        "PSNR/SSIM: mean over the images both libraries finished, with the 95% Student-t "
+        "half-width; paired diff: per-image PSNR difference. s/image and peak MiB: medians. NFE: "
+        "network forward calls counted by the prior (deepinv's DPS backpropagates through each, "
+        "as ours does).",
+    ]
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        args.output.write_text(text)
+    print(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run (resumable) and append rows")
+    r.add_argument("--n", type=int, default=50, help="test images 0..N-1")
+    r.add_argument("--shard", default="0/1", help="I/N: images i with i %% N == I")
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    r.add_argument("--methods", nargs="+", default=["ddrm", "dps"], choices=["ddrm", "dps"])
+    r.add_argument("--dps-n", type=int, default=10, help="DPS on images 0..DPS_N-1 only")
+    r.add_argument("--dps-weights", type=float, nargs="+", default=[1.0, 100.0],
+                   help="deepinv DPS weights to run (1: its default)")
+    p = sub.add_parser("report", help="write the Markdown table")
+    p.add_argument("-o", "--output", type=Path)
+    args = ap.parse_args()
+    run(args) if args.cmd == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
