@@ -7,7 +7,12 @@ measurements, same solver seeds), as a Markdown table with the 95% Student-t int
         --axis method --a DPS --b MCG --metric psnr -o benchmarks/linear_paired_mcg_dps.md
 
 Several files (a sharded run's parts) are read as one run. ``--a`` may be repeated: one table of
-``b`` minus each reference (a method against every other one).
+``b`` minus each reference (a method against every other one). ``--a best``: in each cell, the
+other label with the highest mean ``--best-by`` metric (default psnr) among those with at least
+as many images as ``b`` (``--exclude`` keeps references such as a true-operator row out):
+
+    python benchmarks/tools/paired_difference.py benchmarks/linear*.jsonl --axis method \
+        --a DPS --a best --b DiffPIR --metric psnr -o benchmarks/linear_paired_diffpir.md
 
 For every (other axes) cell present under both labels, the table gives N, mean(b - a) with its
 95% interval, and max |b - a|, per metric. Rows are matched by image index, so the interval is
@@ -20,6 +25,7 @@ import argparse
 import shlex
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from diffinv.bench.records import read_records
@@ -46,6 +52,37 @@ def paired(rows: list[dict], axis: str, a: str, b: str) -> dict[tuple, dict[str,
     return out
 
 
+def best_other(rows: list[dict], axis: str, b: str, metric: str,
+               exclude: Sequence[str] = ()) -> dict[tuple, str]:
+    """Per cell (other axes' labels): the label other than ``b`` with the highest mean ``metric``
+    among those with at least as many images as ``b`` in that cell."""
+    values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        rest = tuple(sorted((k, v["label"]) for k, v in r["cell"].items() if k != axis))
+        if metric in r["metrics"]:
+            values[rest][r["cell"][axis]["label"]].append(r["metrics"][metric])
+    out = {}
+    for rest, by_label in values.items():
+        n_b = len(by_label.get(b, []))
+        means = {lab: sum(v) / len(v) for lab, v in by_label.items()
+                 if lab != b and lab not in exclude and n_b and len(v) >= n_b}
+        if means:
+            out[rest] = max(means, key=lambda lab: means[lab])
+    return out
+
+
+def paired_with_best(rows: list[dict], axis: str, b: str, metric: str,
+                     exclude: Sequence[str] = ()) -> tuple[dict, dict[tuple, str]]:
+    """``paired`` against each cell's best other label (see :func:`best_other`)."""
+    best = best_other(rows, axis, b, metric, exclude)
+    out = {}
+    for rest, label in best.items():
+        d = paired(rows, axis, label, b)
+        if rest in d:
+            out[rest] = d[rest]
+    return out, best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("jsonl", type=Path, nargs="+", help="the run's rows (several files: its shards)")
@@ -55,10 +92,20 @@ def main() -> None:
     ap.add_argument("--b", required=True, help="label of the compared row")
     ap.add_argument("--metric", action="append", default=None,
                     help="only this metric (repeatable); default: every metric both rows have")
+    ap.add_argument("--best-by", default="psnr", help="metric that picks the best (--a best)")
+    ap.add_argument("--exclude", action="append", default=[],
+                    help="label never taken as the best (repeatable)")
     ap.add_argument("-o", "--output", type=Path, default=None)
     args = ap.parse_args()
     rows = [r for path in args.jsonl for r in read_records(path)[0]]
-    by_ref = {a: paired(rows, args.axis, a, args.b) for a in args.a}
+    best_of: dict[tuple, str] = {}
+    by_ref = {}
+    for a in args.a:
+        if a == "best":
+            by_ref[a], best_of = paired_with_best(rows, args.axis, args.b, args.best_by,
+                                                  args.exclude)
+        else:
+            by_ref[a] = paired(rows, args.axis, a, args.b)
     empty = [a for a, d in by_ref.items() if not d]
     if empty:
         raise SystemExit(f"no image is present under both {empty} and {args.b!r}")
@@ -72,8 +119,12 @@ def main() -> None:
     argv = ["python", "benchmarks/tools/paired_difference.py", *sys.argv[1:]]
     command = " ".join(shlex.quote(a) for a in argv)
     several = len(args.a) > 1
+    if "best" in args.a:
+        title_note = f" (best: the other row with the highest mean {args.best_by} in the cell)"
+    else:
+        title_note = ""
     title = f"{args.b} minus each of {', '.join(args.a)}" if several else f"{args.b} minus {args.a[0]}"
-    lines = [f"# Paired differences: {title}", "",
+    lines = [f"# Paired differences: {title}{title_note}", "",
              f"- Made by: `{command}`",
              f"- Source: {sources} (rows matched by cell and image index)",
              "- Cells: mean of the per-image difference ± half-width of its 95% Student-t "
@@ -94,7 +145,8 @@ def main() -> None:
                 cells += [f"{st.center:+.4f} ± {(st.high - st.low) / 2:.4f}" if len(v) > 1
                           else f"{st.center:+.4f}", f"{max(abs(x) for x in v):.4g}"]
             name = ", ".join(label for _, label in rest)
-            lines.append("| " + (f"{a} | " if several else "") + f"{name} | {n} | "
+            ref = f"best: {best_of[rest]}" if a == "best" else a
+            lines.append("| " + (f"{ref} | " if several else "") + f"{name} | {n} | "
                          + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if args.output:
