@@ -7,6 +7,8 @@ virtual environment; the core never imports them). Shard over the two cores, the
     OMP_NUM_THREADS=1 python benchmarks/tools/vs_deepinv.py run --shard 0/2 &
     OMP_NUM_THREADS=1 python benchmarks/tools/vs_deepinv.py run --shard 1/2 &
     python benchmarks/tools/vs_deepinv.py report -o benchmarks/vs_deepinv.md
+    OMP_NUM_THREADS=1 python benchmarks/tools/vs_deepinv.py pick-weight --images 4 \
+        -o benchmarks/vs_deepinv_dps_weight.md
 
 What runs. fashion32 test images 0..N-1; Gaussian deblurring, SR x4 (average pooling) and random
 70% inpainting at sigma = 0.05 ([-1, 1] units), each measurement made by ``diffinv.physics.measure``
@@ -23,8 +25,12 @@ the other on the same thread: diffinv DDRM and deepinv DDRM, diffinv DPS and dee
   deepinv's ``DDRM`` with the noise levels of those same 100 timesteps,
   ``sigma_t = sqrt((1 - abar_t) / abar_t) / 2`` ([0, 1] units), eta = 1, etab = 1.
 * DPS: ours with tuned32 (1,000 steps, zeta 1 on Gaussian deblurring, 0.3 on SR and random
-  inpainting: the DPS rows of linear.md); deepinv's ``DPS`` at its defaults (1,000 steps of its
-  continuous VP SDE, beta 0.1 -> 20, the DDPM solver, weight 1, ``"norm"`` guidance), with
+  inpaint-random: the DPS rows of linear.md), on images 0..9 only (``--dps-n``: 1,000 steps with
+  backpropagation cost ~20 s per image and library here); deepinv's ``DPS`` at its defaults (1,000
+  steps of its continuous VP SDE, beta 0.1 -> 20, the DDPM solver, ``"norm"`` guidance) with its
+  default weight 1 and with weight 300, the best of 1 / 30 / 100 / 300 on validation images
+  (``pick-weight``: benchmarks/vs_deepinv_dps_weight.md; deepinv puts the guidance into the score,
+  where the ancestral step scales it by about beta_t, so its weight is not DPS's zeta), both with
   ``dtype=float32`` (its default float64 state would slow it for no gain at 32x32).
 * Seconds: wall time of the solver call alone. Peak memory: benchmarks/tools/peak_memory.py (CPU:
   the largest resident-set growth during the call, sampled every 2 ms; ``torch.cuda`` peak on a GPU).
@@ -157,6 +163,46 @@ def run(args: argparse.Namespace) -> None:
     bar.close()
 
 
+def pick_weight(args: argparse.Namespace) -> None:
+    """deepinv DPS's weight on fashion32 VALIDATION images (seed 1, never the test images):
+    Gaussian deblurring at sigma 0.05, 1,000 steps, mean PSNR per weight, Markdown to -o."""
+    import deepinv as dinv
+    import torch
+
+    from diffinv import load_prior
+    from diffinv.data import load_split
+    from diffinv.interop.deepinv import as_deepinv_denoiser, measurement_to_unit_range, to_deepinv
+    from diffinv.metrics import get_metric
+    from diffinv.physics import make_operator, measure
+
+    torch.set_num_threads(args.threads)
+    prior = load_prior("fashion32")
+    denoiser = as_deepinv_denoiser(prior)
+    x = load_split("fashion32", "valid").images[: args.images]
+    op = make_operator("gaussian-blur")
+    m = measure(x, op, f"gaussian:{SIGMA}", 1, list(range(args.images)))
+    y01, s01 = measurement_to_unit_range(m.y, op, m.params, SIGMA)
+    physics = to_deepinv(op, m.params, image_shape=tuple(x.shape), noise_sigma=s01)
+    psnr = get_metric("psnr")
+    lines = [f"# deepinv DPS weight on fashion32 validation images 0..{args.images - 1}", "",
+             f"Command: `python benchmarks/tools/vs_deepinv.py {' '.join(sys.argv[1:])}` "
+             f"(deepinv {dinv.__version__}); Gaussian deblurring, sigma = {SIGMA}, seed 1, "
+             "1,000 steps, the denoiser and physics of vs_deepinv.md.", "",
+             "| weight | mean PSNR | per image |", "|--:|--:|---|"]
+    for w in args.weights:
+        model = dinv.sampling.DPS(denoiser=denoiser, num_steps=1000, weight=w,
+                                  dtype=torch.float32)
+        torch.manual_seed(3)
+        u = model(y01, physics, x_init=tuple(x.shape))
+        v = psnr((2 * u - 1).clamp(-1, 1), x).reshape(-1).tolist()
+        lines.append(f"| {w:g} | {sum(v) / len(v):.2f} | {', '.join(f'{a:.2f}' for a in v)} |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        args.output.write_text(text)
+    print(text)
+
+
 def report(args: argparse.Namespace) -> None:
     import math
     import statistics
@@ -237,12 +283,17 @@ def main() -> None:
     r.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     r.add_argument("--methods", nargs="+", default=["ddrm", "dps"], choices=["ddrm", "dps"])
     r.add_argument("--dps-n", type=int, default=10, help="DPS on images 0..DPS_N-1 only")
-    r.add_argument("--dps-weights", type=float, nargs="+", default=[1.0, 100.0],
+    r.add_argument("--dps-weights", type=float, nargs="+", default=[1.0, 300.0],
                    help="deepinv DPS weights to run (1: its default)")
+    w = sub.add_parser("pick-weight", help="deepinv DPS weight on validation images")
+    w.add_argument("--images", type=int, default=4)
+    w.add_argument("--weights", type=float, nargs="+", default=[1.0, 30.0, 100.0, 300.0])
+    w.add_argument("--threads", type=int, default=1)
+    w.add_argument("-o", "--output", type=Path)
     p = sub.add_parser("report", help="write the Markdown table")
     p.add_argument("-o", "--output", type=Path)
     args = ap.parse_args()
-    run(args) if args.cmd == "run" else report(args)
+    {"run": run, "pick-weight": pick_weight, "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":
