@@ -102,6 +102,13 @@ class DeepinvSVD(SVD):
         return self.physics.U(self.sign.to(c) * self._coefs(c))
 
 
+def _device_of(module: Any) -> torch.device:
+    """Where a module's tensors live (its first buffer or parameter; CPU if it has none)."""
+    for t in (*module.buffers(), *module.parameters()):
+        return t.device
+    return torch.device("cpu")
+
+
 def _svd_fits(physics: Any) -> bool:
     """Whether a DecomposablePhysics gives diffinv's real SVD: a real ``mask`` and, where its
     ``img_size`` is known, coefficients and measurement of the image's size (deepinv's ``BlurFFT``
@@ -111,7 +118,7 @@ def _svd_fits(physics: Any) -> bool:
     size = getattr(physics, "img_size", None)
     if size is None:
         return True  # checked when the SVD is asked for
-    x = torch.zeros(1, *size)
+    x = torch.zeros(1, *size, device=_device_of(physics))
     with torch.no_grad():
         coef, y = physics.V_adjoint(x), physics.A(x)
     return (not torch.is_complex(coef)) and coef.numel() == x.numel() == y.numel()
@@ -144,7 +151,7 @@ class DeepinvOperator(Operator):
     def _probe(self, image: tuple[int, ...]) -> tuple[int, ...]:
         if image not in self._out_of:
             with torch.no_grad():
-                out = self.physics.A(torch.zeros(1, *image))
+                out = self.physics.A(torch.zeros(1, *image, device=_device_of(self.physics)))
             self._out_of[image] = tuple(out.shape[1:])
             self._in_of.setdefault(tuple(out.shape[1:]), image)
         return self._out_of[image]
@@ -162,7 +169,8 @@ class DeepinvOperator(Operator):
                                  f"measurement of shape {meas_t} is unknown (apply the operator "
                                  "to an image first)")
             with torch.no_grad():
-                x = self.physics.A_adjoint(torch.zeros(1, *meas_t))
+                x = self.physics.A_adjoint(torch.zeros(1, *meas_t,
+                                                       device=_device_of(self.physics)))
             self._in_of[meas_t] = tuple(x.shape[1:])
         return (b, *self._in_of[meas_t])
 
