@@ -241,18 +241,6 @@ def measurement_to_unit_range(y: Tensor, operator: Operator, params: dict[str, T
 
 
 # --------------------------------------------------------------------------- prior -> denoiser
-def ve_denoise(prior: Any, x: Tensor, sigma: Tensor) -> Tensor:
-    """Tweedie ``x0`` of ``x = x0 + sigma n`` (``[-1, 1]`` units, one ``sigma`` per image) from a
-    VP prior at the nearest discrete timestep, clamped to ``[-1, 1]`` (module doc)."""
-    ab = prior.schedule.alpha_bar.to(device=x.device, dtype=torch.float64)
-    table = ((1 - ab) / ab).sqrt()
-    s = sigma.reshape(-1).to(device=x.device, dtype=torch.float64).expand(x.shape[0])
-    t = (table[None, :] - s[:, None]).abs().argmin(dim=1)
-    scale = (1.0 / (1.0 + s * s).sqrt()).to(x.dtype).view(-1, 1, 1, 1)
-    eps = prior.eps(x * scale, t)
-    return (x - s.to(x.dtype).view(-1, 1, 1, 1) * eps).clamp(-1.0, 1.0)
-
-
 _DENOISER_CLASS: type | None = None
 
 
@@ -266,14 +254,17 @@ def _denoiser_class() -> type:
             units (see :mod:`diffinv.interop.deepinv`)."""
 
             def __init__(self, prior: Any):
+                from diffinv.solvers.daps import VEDenoiser
+
                 super().__init__(device=prior.device)
                 self.prior = prior
+                self.ve = VEDenoiser(prior)  # the VE view DAPS uses; its sigma table built once
 
             def forward(self, x: Tensor, sigma: Any, *args: Any, **kwargs: Any) -> Tensor:
                 s = self._handle_sigma(sigma, batch_size=x.shape[0], ndim=x.ndim,
                                        device=x.device, dtype=x.dtype)
                 s = torch.as_tensor(s, dtype=x.dtype, device=x.device).reshape(-1)
-                return (ve_denoise(self.prior, 2 * x - 1, 2 * s) + 1) / 2
+                return (self.ve.per_image(2 * x - 1, 2 * s).clamp(-1.0, 1.0) + 1) / 2
 
         _DENOISER_CLASS = DiffinvPriorDenoiser
     return _DENOISER_CLASS

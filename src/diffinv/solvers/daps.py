@@ -82,6 +82,13 @@ class VEDenoiser:
         eps = self.prior.eps(x / math.sqrt(1.0 + sigma * sigma), self.timestep(sigma))
         return x - sigma * eps
 
+    def per_image(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """``D(x, sigma)`` with one ``sigma`` per image (a tensor of B values, or one shared)."""
+        s = sigma.reshape(-1).to(device=x.device, dtype=torch.float64).expand(x.shape[0])
+        t = (self.sigmas.to(x.device)[None, :] - s[:, None]).abs().argmin(dim=1)
+        scale = (1.0 / (1.0 + s * s).sqrt()).to(x.dtype).view(-1, 1, 1, 1)
+        return x - s.to(x.dtype).view(-1, 1, 1, 1) * self.prior.eps(x * scale, t)
+
 
 class IterateDivergedError(Exception):
     """An ODE or Langevin iterate turned non-finite (:meth:`DAPS.solve` reports it with the
