@@ -111,6 +111,20 @@ def test_bad_settings_are_refused():
             *_one_measurement(), _iso_prior())
 
 
+def test_budgets_set_levels_and_ode_steps_and_count_their_product_in_nfe():
+    assert (make_solver("daps").annealing_steps, make_solver("daps").ode_steps) == (200, 5)
+    four = make_solver("daps", budget="4k")
+    assert (four.annealing_steps, four.ode_steps) == (400, 10)
+    mixed = make_solver("daps", budget="4K", annealing_steps=3, mcmc_steps=1)
+    assert (mixed.annealing_steps, mixed.ode_steps) == (3, 10)
+    prior = _iso_prior()
+    prior.reset_nfe()
+    mixed(*_one_measurement(), prior, seed=0)
+    assert prior.nfe == 3 * 10
+    with pytest.raises(DiffinvError, match="unknown DAPS budget '2k'.*'1k', '4k'"):
+        make_solver("daps", budget="2k")
+
+
 def _one_measurement():
     op = make_operator("inpaint-random", p=0.5)
     m = measure(torch.zeros(1, 1, 2, 2), op, "gaussian:0.05", seed=0)
