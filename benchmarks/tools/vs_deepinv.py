@@ -6,6 +6,10 @@ virtual environment; the core never imports them). Shard over the two cores, the
 
     OMP_NUM_THREADS=1 python benchmarks/tools/vs_deepinv.py run --shard 0/2 &
     OMP_NUM_THREADS=1 python benchmarks/tools/vs_deepinv.py run --shard 1/2 &
+    # then DPS on all 50 images (deepinv at the weight picked on validation images):
+    OMP_NUM_THREADS=1 python benchmarks/tools/vs_deepinv.py run --shard 0/2 --methods dps \
+        --dps-n 50 --dps-weights 300 &   # and --shard 1/2
+    OMP_NUM_THREADS=1 python benchmarks/tools/vs_deepinv.py memory --index 0
     python benchmarks/tools/vs_deepinv.py report -o benchmarks/vs_deepinv.md
     OMP_NUM_THREADS=1 python benchmarks/tools/vs_deepinv.py pick-weight --images 4 \
         -o benchmarks/vs_deepinv_dps_weight.md
@@ -25,15 +29,19 @@ the other on the same thread: diffinv DDRM and deepinv DDRM, diffinv DPS and dee
   deepinv's ``DDRM`` with the noise levels of those same 100 timesteps,
   ``sigma_t = sqrt((1 - abar_t) / abar_t) / 2`` ([0, 1] units), eta = 1, etab = 1.
 * DPS: ours with tuned32 (1,000 steps, zeta 1 on Gaussian deblurring, 0.3 on SR and random
-  inpaint-random: the DPS rows of linear.md), on images 0..9 only (``--dps-n``: 1,000 steps with
-  backpropagation cost ~20 s per image and library here); deepinv's ``DPS`` at its defaults (1,000
+  inpainting: the DPS rows of linear.md), on all 50 images; deepinv's weight-1 run on images 0..9
+  only (the default ``--dps-n 10``: 1,000 steps with backpropagation cost ~37 s per image and
+  library here, and weight 1 fails plainly); deepinv's ``DPS`` at its defaults (1,000
   steps of its continuous VP SDE, beta 0.1 -> 20, the DDPM solver, ``"norm"`` guidance) with its
   default weight 1 and with weight 300, the best of 1 / 30 / 100 / 300 on validation images
   (``pick-weight``: benchmarks/vs_deepinv_dps_weight.md; deepinv puts the guidance into the score,
   where the ancestral step scales it by about beta_t, so its weight is not DPS's zeta), both with
   ``dtype=float32`` (its default float64 state would slow it for no gain at 32x32).
-* Seconds: wall time of the solver call alone. Peak memory: benchmarks/tools/peak_memory.py (CPU:
-  the largest resident-set growth during the call, sampled every 2 ms; ``torch.cuda`` peak on a GPU).
+* Seconds: wall time of the solver call alone (the rows also keep ``timed``'s resident-set
+  growth, ``peak_mib``, which reads 0 at 32x32: the C allocator reuses memory of earlier calls).
+  Peak memory in the table: ``memory`` (``peak_memory.peak_tensor_mib``), the most tensor memory
+  alive at once in one profiled solve of test image 0 per task, method and library, exact on CPU
+  (to ``vs_deepinv_memory.jsonl``).
 Rows go to ``benchmarks/vs_deepinv.part{I}of{N}.jsonl`` as they finish; a rerun resumes.
 """
 
@@ -47,7 +55,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from peak_memory import timed
+from peak_memory import peak_tensor_mib, timed
 
 OUT_DIR = Path(__file__).resolve().parents[1]
 TASKS = {
@@ -94,35 +102,57 @@ def runs_for(i: int, args: argparse.Namespace) -> list[tuple[str, str, str, floa
     return out
 
 
-def run(args: argparse.Namespace) -> None:
-    import deepinv as dinv
+def _setup(args: argparse.Namespace) -> tuple[Any, Any, list[float], Any]:
+    """The prior, its deepinv denoiser, DDRM's noise levels and the test split."""
     import torch
 
     from diffinv import load_prior
     from diffinv.data import load_split
     from diffinv.diffusion.schedule import spaced_timesteps
-    from diffinv.interop.deepinv import as_deepinv_denoiser, measurement_to_unit_range, to_deepinv
-    from diffinv.metrics import get_metric
-    from diffinv.physics import make_operator, measure
+    from diffinv.interop.deepinv import as_deepinv_denoiser
     from diffinv.solvers import make_solver
 
     torch.set_num_threads(args.threads)
-    k, n_shards = (int(v) for v in args.shard.split("/"))
-    out_path = OUT_DIR / f"vs_deepinv.part{k}of{n_shards}.jsonl"
-    done = set()
-    if out_path.exists():
-        for line in out_path.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["task"], r["method"], r["library"], r["index"]))
     prior = load_prior("fashion32", device=args.device)
-    denoiser = as_deepinv_denoiser(prior)
     ab = prior.schedule.alpha_bar.double()
     ours_ddrm = make_solver("ddrm", preset="tuned32", operator="gaussian-blur")  # same on all 3
     ts = sorted(spaced_timesteps(prior.num_timesteps, ours_ddrm.steps, ours_ddrm.spacing),
                 reverse=True)
     ddrm_sigmas = [float(((1 - ab[t]) / ab[t]).sqrt() / 2) for t in ts]
+    return prior, as_deepinv_denoiser(prior), ddrm_sigmas, load_split("fashion32", "test")
+
+
+def _problem(i: int, task: str, x: Any, device: str) -> tuple[str, Any, Any, Any]:
+    """Operator name, diffinv measurement, deepinv measurement and physics of image ``i``."""
+    from diffinv.interop.deepinv import measurement_to_unit_range, to_deepinv
+    from diffinv.physics import make_operator, measure
+
+    op_name, op_kw = TASKS[task]
+    op = make_operator(op_name, **op_kw).to(device)
+    m = measure(x, op, f"gaussian:{SIGMA}", SEED, [i], domain="fashion32", source="fashion32:test")
+    y01, s01 = measurement_to_unit_range(m.y, op, m.params, SIGMA)
+    physics = to_deepinv(op, m.params, image_shape=tuple(x.shape), noise_sigma=s01, device=device)
+    return op_name, m, y01, physics
+
+
+def _done(path: Path) -> set[tuple[str, str, str, int]]:
+    if not path.exists():
+        return set()
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(r["task"], r["method"], r["library"], r["index"]) for r in rows}
+
+
+def run(args: argparse.Namespace) -> None:
+    import deepinv as dinv
+    import torch
+
+    from diffinv.metrics import get_metric
+
+    k, n_shards = (int(v) for v in args.shard.split("/"))
+    out_path = OUT_DIR / f"vs_deepinv.part{k}of{n_shards}.jsonl"
+    done = _done(out_path)
+    prior, denoiser, ddrm_sigmas, data = _setup(args)
     metrics = {name: get_metric(name) for name in ("psnr", "ssim")}
-    data = load_split("fashion32", "test")
     mine = [i for i in range(args.n) if i % n_shards == k]
     todo = [(i, r) for i in mine for r in runs_for(i, args) if (r[0], r[1], r[2], i) not in done]
     print(f"vs_deepinv shard {k}/{n_shards}: {len(todo)} runs to do -> {out_path}", flush=True)
@@ -134,14 +164,7 @@ def run(args: argparse.Namespace) -> None:
         for i, (task, meth, lib, weight) in todo:
             x = data.images[i:i + 1].to(args.device)
             if (i, task) not in cache:
-                op_name, op_kw = TASKS[task]
-                op = make_operator(op_name, **op_kw).to(args.device)
-                m = measure(x, op, f"gaussian:{SIGMA}", SEED, [i], domain="fashion32",
-                            source="fashion32:test")
-                y01, s01 = measurement_to_unit_range(m.y, op, m.params, SIGMA)
-                physics = to_deepinv(op, m.params, image_shape=tuple(x.shape), noise_sigma=s01,
-                                     device=args.device)
-                cache = {(i, task): (op_name, m, y01, physics)}
+                cache = {(i, task): _problem(i, task, x, args.device)}
             op_name, m, y01, physics = cache[(i, task)]
             prior.reset_nfe()
             call = functools.partial(
@@ -161,6 +184,34 @@ def run(args: argparse.Namespace) -> None:
             out.flush()
             bar.update(1)
     bar.close()
+
+
+def memory(args: argparse.Namespace) -> None:
+    """Peak tensor memory (``peak_memory.peak_tensor_mib``, exact on CPU) of every (task, method,
+    library) on test image ``--index``, one run each, appended to vs_deepinv_memory.jsonl."""
+    import torch
+
+    out_path = OUT_DIR / "vs_deepinv_memory.jsonl"
+    done = _done(out_path)
+    prior, denoiser, ddrm_sigmas, data = _setup(args)
+    i = args.index
+    x = data.images[i:i + 1]
+    args.dps_n = i + 1
+    with out_path.open("a") as out:
+        for task, meth, lib, weight in runs_for(i, args):
+            if (task, meth, lib, i) in done:
+                continue
+            op_name, m, y01, physics = _problem(i, task, x, "cpu")
+            call = functools.partial(
+                solve_one, lib.split()[0], meth, m=m, op_name=op_name, prior=prior,
+                denoiser=denoiser, y01=y01, physics=physics, shape=tuple(x.shape),
+                seed=1000 * i + 7, ddrm_sigmas=ddrm_sigmas, dps_weight=weight, device="cpu")
+            _, mib = peak_tensor_mib(call)
+            row = {"task": task, "method": meth, "library": lib, "index": i,
+                   "peak_tensor_mib": mib, "torch": torch.__version__}
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(f"{task} {meth} {lib}: {mib:.2f} MiB", flush=True)
 
 
 def pick_weight(args: argparse.Namespace) -> None:
@@ -212,6 +263,17 @@ def report(args: argparse.Namespace) -> None:
         rows += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
     if not rows:
         sys.exit("no rows: run `vs_deepinv.py run` first")
+    mem_path = OUT_DIR / "vs_deepinv_memory.jsonl"
+    mem = {}
+    if mem_path.exists():
+        for line in mem_path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                mem[(r["task"], r["method"], r["library"])] = r["peak_tensor_mib"]
+
+    def mib(key: tuple[str, str, str]) -> str:
+        return f"{mem[key]:.2f}" if key in mem else "-"
+
     by = {}
     for r in rows:
         by.setdefault((r["task"], r["method"]), {}).setdefault(r["library"], {})[r["index"]] = r
@@ -235,8 +297,9 @@ def report(args: argparse.Namespace) -> None:
         "",
         "| task | method | deepinv run | N | PSNR diffinv | PSNR deepinv | paired diff (diffinv - "
         "deepinv) | SSIM diffinv | SSIM deepinv | s/image diffinv | s/image deepinv | time ratio "
-        "(deepinv / diffinv) | peak MiB diffinv | peak MiB deepinv | NFE diffinv | NFE deepinv |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "(deepinv / diffinv) | peak MiB diffinv | peak MiB deepinv | memory ratio (deepinv / diffinv) "
+        "| NFE diffinv | NFE deepinv |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for (task, meth), libs in sorted(by.items()):
         a = libs.get("diffinv", {})
@@ -249,19 +312,24 @@ def report(args: argparse.Namespace) -> None:
                 return [lib[i][key] for i in idx]
 
             diff = [a[i]["psnr"] - b[i]["psnr"] for i in idx]
+            ka, kb = (task, meth, "diffinv"), (task, meth, label)
+            ratio = f"{mem[kb] / mem[ka]:.2f}" if ka in mem and kb in mem else "-"
             sa, sb = statistics.median(col(a, "seconds")), statistics.median(col(b, "seconds"))
             lines.append(
                 f"| {task} | {meth.upper()} | {label} | {len(idx)} | {mean_ci(col(a, 'psnr'))} | "
                 f"{mean_ci(col(b, 'psnr'))} | {mean_ci(diff)} | "
                 f"{statistics.mean(col(a, 'ssim')):.3f} | {statistics.mean(col(b, 'ssim')):.3f} | "
                 f"{sa:.2f} | {sb:.2f} | {sb / sa:.2f} | "
-                f"{statistics.median(col(a, 'peak_mib')):.0f} | "
-                f"{statistics.median(col(b, 'peak_mib')):.0f} | "
+                f"{mib((task, meth, 'diffinv'))} | {mib((task, meth, label))} | "
+                f"{ratio} | "
                 f"{statistics.median(col(a, 'nfe')):.0f} | {statistics.median(col(b, 'nfe')):.0f} |")
     lines += [
         "",
         "PSNR/SSIM: mean over the images both libraries finished, with the 95% Student-t "
-        "half-width; paired diff: per-image PSNR difference. s/image and peak MiB: medians. NFE: "
+        "half-width; paired diff: per-image PSNR difference. s/image: medians. Peak MiB: the most "
+        "tensor memory alive at once during the solve on test image 0 (`vs_deepinv.py memory`: "
+        "torch.profiler's allocation records replayed, exact on CPU; the measurement and model "
+        "made before the call are not counted; - : not measured). NFE: "
         "network forward calls counted by the prior (deepinv's DPS backpropagates through each, "
         "as ours does).",
     ]
@@ -290,10 +358,17 @@ def main() -> None:
     w.add_argument("--weights", type=float, nargs="+", default=[1.0, 30.0, 100.0, 300.0])
     w.add_argument("--threads", type=int, default=1)
     w.add_argument("-o", "--output", type=Path)
+    mm = sub.add_parser("memory", help="peak tensor memory of each run on one image (CPU)")
+    mm.add_argument("--index", type=int, default=0, help="the test image")
+    mm.add_argument("--threads", type=int, default=1)
+    mm.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    mm.add_argument("--methods", nargs="+", default=["ddrm", "dps"], choices=["ddrm", "dps"])
+    mm.add_argument("--dps-weights", type=float, nargs="+", default=[300.0])
+    mm.set_defaults(device="cpu")
     p = sub.add_parser("report", help="write the Markdown table")
     p.add_argument("-o", "--output", type=Path)
     args = ap.parse_args()
-    {"run": run, "pick-weight": pick_weight, "report": report}[args.cmd](args)
+    {"run": run, "memory": memory, "pick-weight": pick_weight, "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":
