@@ -71,6 +71,14 @@ def _fmt_identity(ident: Mapping[str, Any]) -> str:
     return " ".join(f"{k} {v}" for k, v in sorted(ident.items()))
 
 
+def _given_settings(described: Mapping[str, Any]) -> str:
+    """The settings a task file gives an axis value beside its preset (a DAPS ``budget``, say):
+    the resolved identity holds the preset's parameters only, and where both set a value the
+    task file's is the one the solver gets."""
+    given = {k: v for k, v in (described.get("params") or {}).items() if k != "preset"}
+    return f" (task file: {_fmt_identity(given)})" if given else ""
+
+
 def _varying_axes(plan: Plan) -> set[str]:
     """The axes whose label differs between the plan's cells."""
     labels: dict[str, set[str]] = {}
@@ -139,7 +147,8 @@ def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
             machines.setdefault(describe_machine(r.get("machine", {})), None)
             for a, ident in _row_resolved(r).items():
                 if ident:
-                    where = identities.setdefault((a, cell[a].label, _fmt_identity(ident)), [])
+                    text = _fmt_identity(ident) + _given_settings(cell[a].describe())
+                    where = identities.setdefault((a, cell[a].label, text), [])
                     here = "/".join(e.label for b, e in cell if b != a and b in varying)
                     if here and here not in where:
                         where.append(here)
