@@ -286,6 +286,19 @@ def report(args: argparse.Namespace) -> None:
         h = stats.t.ppf(0.975, len(v) - 1) * statistics.stdev(v) / math.sqrt(len(v))
         return f"{statistics.mean(v):.2f} ± {h:.2f}"
 
+    def paired_ratio(num: list[float], den: list[float]) -> str:
+        """Geometric mean of the per-image ratios num_i / den_i with its 95% interval (a t
+        interval on the log ratios): both solves of an image ran back to back, so the machine's
+        drift over a long run cancels, which a ratio of medians does not do."""
+        logs = [math.log(n / d) for n, d in zip(num, den, strict=True)]
+        m = statistics.mean(logs)
+        if len(logs) < 2:
+            return f"{math.exp(m):.2f}"
+        from scipy import stats
+
+        h = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+        return f"{math.exp(m):.2f} [{math.exp(m - h):.2f}, {math.exp(m + h):.2f}]"
+
     r0 = rows[0]
     lines = [
         "# diffinv vs deepinv: DPS and DDRM with the same network, measurements and schedule",
@@ -319,14 +332,17 @@ def report(args: argparse.Namespace) -> None:
                 f"| {task} | {meth.upper()} | {label} | {len(idx)} | {mean_ci(col(a, 'psnr'))} | "
                 f"{mean_ci(col(b, 'psnr'))} | {mean_ci(diff)} | "
                 f"{statistics.mean(col(a, 'ssim')):.3f} | {statistics.mean(col(b, 'ssim')):.3f} | "
-                f"{sa:.2f} | {sb:.2f} | {sb / sa:.2f} | "
+                f"{sa:.2f} | {sb:.2f} | "
+                f"{paired_ratio(col(b, 'seconds'), col(a, 'seconds'))} | "
                 f"{mib((task, meth, 'diffinv'))} | {mib((task, meth, label))} | "
                 f"{ratio} | "
                 f"{statistics.median(col(a, 'nfe')):.0f} | {statistics.median(col(b, 'nfe')):.0f} |")
     lines += [
         "",
         "PSNR/SSIM: mean over the images both libraries finished, with the 95% Student-t "
-        "half-width; paired diff: per-image PSNR difference. s/image: medians. Peak MiB: the most "
+        "half-width; paired diff: per-image PSNR difference. s/image: medians. Time ratio: geometric "
+        "mean of the per-image ratios (the two solves of an image ran back to back) with its 95% "
+        "interval. Peak MiB: the most "
         "tensor memory alive at once during the solve on test image 0 (`vs_deepinv.py memory`: "
         "torch.profiler's allocation records replayed, exact on CPU; the measurement and model "
         "made before the call are not counted; - : not measured). NFE: "
