@@ -154,9 +154,9 @@ def test_missing_solver_registry_is_a_clear_error(tmp_path, fakes, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_header_names_settings_a_task_file_adds_to_a_preset(tmp_path, fakes, monkeypatch):
-    """A method entry with a preset and its own setting: the header line shows both, so two
-    methods sharing a preset but not the setting (DAPS-1K / DAPS-4K) are told apart."""
+def use_fake_preset(monkeypatch) -> None:
+    """``make_solver`` applies presets over the fake registry; preset ``fake`` sets the adjoint
+    solver's gain to 0.5 for every operator."""
     from diffinv.solvers import presets
 
     def with_presets(name, *, preset=None, operator=None, **params):
@@ -166,6 +166,11 @@ def test_the_header_names_settings_a_task_file_adds_to_a_preset(tmp_path, fakes,
 
     monkeypatch.setattr(diffinv.solvers, "make_solver", with_presets)
     monkeypatch.setitem(presets.PRESETS, "fake", {"adjoint": {"*": {"gain": 0.5}}})
+
+def test_the_header_names_settings_a_task_file_adds_to_a_preset(tmp_path, fakes, monkeypatch):
+    """A method entry with a preset and its own setting: the header line shows both, so two
+    methods sharing a preset but not the setting (DAPS-1K / DAPS-4K) are told apart."""
+    use_fake_preset(monkeypatch)
     methods = [{"name": "adjoint", "preset": "fake", "label": "plain"},
                {"name": "adjoint", "preset": "fake", "gain": 0.25, "label": "set"}]
     run_benchmark(write_task(tmp_path, methods=methods), progress=False)
@@ -182,13 +187,7 @@ def test_a_preset_method_is_identified_by_what_it_sets_for_the_cells_operator(tm
     whose operator's values changed."""
     from diffinv.solvers import presets
 
-    def with_presets(name, *, preset=None, operator=None, **params):
-        if preset is not None:
-            params = {**presets.preset_params(preset, name, operator), **params}
-        return fake_solver_registry(name, **params)
-
-    monkeypatch.setattr(diffinv.solvers, "make_solver", with_presets)
-    monkeypatch.setitem(presets.PRESETS, "fake", {"adjoint": {"*": {"gain": 0.5}}})
+    use_fake_preset(monkeypatch)
     methods = [{"name": "adjoint", "gain": 0.5, "label": "half"},
                {"name": "adjoint", "preset": "fake", "label": "preset"}]
     task = write_task(tmp_path, methods=methods)
