@@ -167,6 +167,7 @@ def use_fake_preset(monkeypatch) -> None:
     monkeypatch.setattr(diffinv.solvers, "make_solver", with_presets)
     monkeypatch.setitem(presets.PRESETS, "fake", {"adjoint": {"*": {"gain": 0.5}}})
 
+
 def test_the_header_names_settings_a_task_file_adds_to_a_preset(tmp_path, fakes, monkeypatch):
     """A method entry with a preset and its own setting: the header line shows both, so two
     methods sharing a preset but not the setting (DAPS-1K / DAPS-4K) are told apart."""

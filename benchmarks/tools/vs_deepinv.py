@@ -44,7 +44,8 @@ the other on the same thread: diffinv DDRM and deepinv DDRM, diffinv DPS and dee
   Peak memory in the table: ``memory`` (``peak_memory.peak_tensor_mib``), the most tensor memory
   alive at once in one profiled solve of test image 0 per task, method and library, exact on CPU
   (to ``vs_deepinv_memory.jsonl``); DPS's from a 50-step run (its per-step memory does not
-  depend on the count; a 1,000-step trace of deepinv's DPS outgrew 24 GiB).
+  depend on the count: ours reads the same at 1,000 steps, vs_deepinv_memory_dps1000.jsonl; the
+  1,000-step trace of deepinv's DPS outgrew this machine's 24 GiB).
 Rows go to ``benchmarks/vs_deepinv.part{I}of{N}.jsonl`` as they finish; a rerun resumes.
 """
 
@@ -82,7 +83,7 @@ def solve_one(lib: str, meth: str, *, m: Any, op_name: str, prior: Any, denoiser
     from diffinv.solvers import make_solver
 
     if lib == "diffinv":
-        extra = {"steps": dps_steps} if meth == "dps" and dps_steps != 1000 else {}
+        extra = {"steps": dps_steps} if meth == "dps" else {}
         solver = make_solver(meth, preset="tuned32", operator=op_name, **extra)
         return solver(m.y, m.public(), prior, seed=image_generators(seed, [0])).x
     if meth == "ddrm":
@@ -266,18 +267,22 @@ def report(args: argparse.Namespace) -> None:
     import math
     import statistics
 
+    from diffinv.bench.stats import mean_interval
+
     rows = []
     for p in sorted(OUT_DIR.glob("vs_deepinv.part*of*.jsonl")):
         rows += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
     if not rows:
         sys.exit("no rows: run `vs_deepinv.py run` first")
     mem_path = OUT_DIR / "vs_deepinv_memory.jsonl"
-    mem = {}
+    mem, mem_steps = {}, {}
     if mem_path.exists():
         for line in mem_path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
                 mem[(r["task"], r["method"], r["library"])] = r["peak_tensor_mib"]
+                if "steps" in r:
+                    mem_steps.setdefault(r["method"], set()).add(r["steps"])
 
     def mib(key: tuple[str, str, str]) -> str:
         return f"{mem[key]:.2f}" if key in mem else "-"
@@ -289,23 +294,17 @@ def report(args: argparse.Namespace) -> None:
     def mean_ci(v: list[float]) -> str:
         if len(v) < 2:
             return f"{v[0]:.2f}" if v else "-"
-        from scipy import stats
-
-        h = stats.t.ppf(0.975, len(v) - 1) * statistics.stdev(v) / math.sqrt(len(v))
-        return f"{statistics.mean(v):.2f} ± {h:.2f}"
+        ci = mean_interval(v)
+        return f"{ci.center:.2f} ± {ci.high - ci.center:.2f}"
 
     def paired_ratio(num: list[float], den: list[float]) -> str:
         """Geometric mean of the per-image ratios num_i / den_i with its 95% interval (a t
         interval on the log ratios): both solves of an image ran back to back, so the machine's
         drift over a long run cancels, which a ratio of medians does not do."""
-        logs = [math.log(n / d) for n, d in zip(num, den, strict=True)]
-        m = statistics.mean(logs)
-        if len(logs) < 2:
-            return f"{math.exp(m):.2f}"
-        from scipy import stats
-
-        h = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
-        return f"{math.exp(m):.2f} [{math.exp(m - h):.2f}, {math.exp(m + h):.2f}]"
+        ci = mean_interval([math.log(n / d) for n, d in zip(num, den, strict=True)])
+        if ci.n < 2:
+            return f"{math.exp(ci.center):.2f}"
+        return f"{math.exp(ci.center):.2f} [{math.exp(ci.low):.2f}, {math.exp(ci.high):.2f}]"
 
     r0 = rows[0]
     lines = [
@@ -353,10 +352,11 @@ def report(args: argparse.Namespace) -> None:
         "interval. Peak MiB: the most "
         "tensor memory alive at once during the solve on test image 0 (`vs_deepinv.py memory`: "
         "torch.profiler's allocation records replayed, exact on CPU; the measurement and model "
-        "made before the call are not counted; - : not measured; DPS from a 50-step run, "
-        "`memory --dps-steps 50`, since a 1,000-step trace of deepinv's DPS outgrows this "
-        "machine's 24 GiB: neither library keeps a trajectory, and ours reads the same 10.51 MiB "
-        "at 1,000 steps). NFE: "
+        "made before the call are not counted; - : not measured"
+        + "".join(f"; {meth.upper()} from {' and '.join(map(str, sorted(n)))}-step runs "
+                  f"(`memory --dps-steps`: the per-step memory does not depend on the count)"
+                  for meth, n in sorted(mem_steps.items()))
+        + "). NFE: "
         "network forward calls counted by the prior (deepinv's DPS backpropagates through each, "
         "as ours does).",
     ]
