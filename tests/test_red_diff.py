@@ -171,3 +171,85 @@ def _one(pub):
     p = copy.copy(pub)
     p.params = {"mask": pub.params["mask"][:1]}
     return p
+
+
+def _offcentre_unknowns(boundary="circular"):
+    """Blind motion-blur unknowns for two 8x8 images with 5x5 kernels (image 0's off its anchor:
+    two pixels right and one down; image 1's centred)."""
+    from diffinv.solvers._unknowns import blind_unknowns
+
+    op = make_operator("blind-motion-blur", size=5, boundary=boundary)
+    u = blind_unknowns(op, image_generators(0, range(2)), (2, 1, 8, 8), None, 0.1, 0.1,
+                       torch.device("cpu"), torch.float64)
+    logits = torch.full((2, 5, 5), -20.0, dtype=torch.float64)
+    logits[0, 3, 4] = 0.0  # one down, two right of the anchor (2, 2) -> rolled by (-1, -2)
+    logits[1, 1:4, 2] = 0.0  # centred
+    u.leaves["kernel_logits"].data.copy_(logits.reshape(2, 25))
+    return u
+
+
+def test_recentring_keeps_the_data_term_and_moves_each_kernel_to_its_anchor():
+    """``roll(k, s) * roll(x, -s) = k * x`` with a circular boundary: the fit is unchanged but for
+    the kernel mass the roll wraps around its support, the off-centre kernel's centre of mass lands within half a pixel of the anchor, the
+    centred one is left alone, and Adam's moments move with their parameters."""
+    from diffinv.solvers._unknowns import recentre_kernels
+
+    u = _offcentre_unknowns()
+    image = torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    image.requires_grad_(True)
+    opt = torch.optim.Adam([image, u.leaves["kernel_logits"]], lr=1e-3)
+    u.forward(image, u.estimates()).square().sum().backward()
+    opt.step()
+    before = u.forward(image, u.estimates()).detach()
+    k0 = u.estimates()["kernel"][0].detach()
+    wrapped = float(k0[:1].sum() + k0[1:, :2].sum())  # the entries the roll by (-1, -2) wraps around
+    m_img = opt.state[image]["exp_avg"].clone()
+    m_k = opt.state[u.leaves["kernel_logits"]]["exp_avg"].clone()
+    shifts = recentre_kernels(u, image, opt)
+    assert shifts.tolist() == [[-1, -2], [0, 0]]
+    after = u.forward(image, u.estimates()).detach()
+    # exact but for the kernel mass wrapped around its 5x5 support (~1e-8 here)
+    assert (after - before).abs().max() <= 2 * wrapped * image.abs().max() + 1e-12
+    k = u.estimates()["kernel"]
+    idx = torch.arange(5, dtype=torch.float64)
+    centre_y, centre_x = (k.sum(2) * idx).sum(1), (k.sum(1) * idx).sum(1)
+    assert ((centre_y - 2).abs() <= 0.5).all() and ((centre_x - 2).abs() <= 0.5).all()
+    torch.testing.assert_close(opt.state[image]["exp_avg"][0], torch.roll(m_img[0], (1, 2), (-2, -1)))
+    torch.testing.assert_close(opt.state[image]["exp_avg"][1], m_img[1])
+    torch.testing.assert_close(opt.state[u.leaves["kernel_logits"]]["exp_avg"][0].reshape(5, 5),
+                               torch.roll(m_k[0].reshape(5, 5), (-1, -2), (0, 1)))
+
+
+def test_blind_red_diff_with_recentring_ends_with_centred_kernels_and_counts_its_shifts():
+    x = torch.full((2, 1, 8, 8), -0.8)
+    x[0, :, 2:6, 3] = 0.9
+    x[1, :, 4, 1:7] = 0.9
+    m = measure(x, make_operator("blind-motion-blur", size=3), "gaussian:0.01", seed=5)
+    r = make_solver("red-diff", blind=True, steps=60, lam=0.05, recentre=True)(
+        m.y, m.public(), _blind_prior(), seed=image_generators(0, range(2)))
+    k = r.trace["kernel"]
+    idx = torch.arange(3, dtype=k.dtype)
+    assert (((k.sum(2) * idx).sum(1) - 1).abs() <= 0.5).all()
+    assert (((k.sum(1) * idx).sum(1) - 1).abs() <= 0.5).all()
+    assert r.trace["recentre_shifts"].shape == (2,)
+    assert "recentre_shifts" not in make_solver("red-diff", blind=True, steps=2)(
+        m.y, m.public(), _blind_prior(), seed=0).trace
+
+
+def test_recentring_is_refused_where_it_is_not_exact():
+    x = torch.zeros(1, 1, 12, 12)
+    for family, match in (("blind-rotation-blur", "Gaussian or motion"),):
+        m = measure(x, make_operator(family), "gaussian:0.01", seed=0)
+        with pytest.raises(DiffinvError, match=match):
+            make_solver("red-diff", blind=True, recentre=True)(m.y, m.public(), _blind_prior(12))
+    m = measure(x[..., :8, :8], make_operator("blind-motion-blur", size=3, boundary="zero"),
+                "gaussian:0.01", seed=0)
+    with pytest.raises(DiffinvError, match="circular"):
+        make_solver("red-diff", blind=True, recentre=True)(m.y, m.public(), _blind_prior())
+    with pytest.raises(DiffinvError, match="blind=true"):
+        make_solver("red-diff", recentre=True)
+    from diffinv.solvers._unknowns import recentre_kernels
+
+    with pytest.raises(DiffinvError, match="circular"):
+        recentre_kernels(_offcentre_unknowns("zero"), torch.zeros(2, 1, 8, 8), torch.optim.Adam(
+            [torch.zeros(1, requires_grad=True)]))

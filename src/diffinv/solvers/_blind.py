@@ -155,6 +155,17 @@ def delta_kernel(batch: int, size: int, *, device: Any = "cpu",
     return k
 
 
+def centre_shift(k: Tensor) -> tuple[int, int]:
+    """Whole-pixel shift ``(dy, dx)`` moving the centre of mass of ``k`` (kh, kw) to its anchor."""
+    kh, kw = k.shape
+    m = k.sum().clamp_min(1e-30)
+    ys = torch.arange(kh, dtype=k.dtype, device=k.device)
+    xs = torch.arange(kw, dtype=k.dtype, device=k.device)
+    cy = float((k.sum(1) * ys).sum() / m)
+    cx = float((k.sum(0) * xs).sum() / m)
+    return round(kh // 2 - cy), round(kw // 2 - cx)
+
+
 def kernel_design(x: Tensor, size: int, boundary: str) -> Tensor:
     """``(B, C H W, size^2)``: column ``j`` is ``e_j * x`` (``e_j`` the j-th unit kernel), so that
     ``blur(x, k, boundary).flatten(1) = D @ k.flatten(1)`` per image (blur is linear in ``k``)."""

@@ -16,6 +16,7 @@ the same per-image result in a batch as alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,8 @@ class OperatorUnknowns:
     apply: Callable[..., Tensor] | None = None
     #: known per-image operator parameters (non-blind: masks, kernels, ...)
     fixed: dict[str, Tensor] = field(default_factory=dict)
+    #: the boundary rule of a blind kernel family's convolution (``None``: no kernel unknown)
+    boundary: str | None = None
 
     def estimates(self) -> dict[str, Tensor]:
         return self.transform(self.leaves)
@@ -59,13 +62,13 @@ class OperatorUnknowns:
         """Image ``i``'s share (fresh leaves, its own fixed parameters): image-by-image solving."""
         return OperatorUnknowns({k: v[i:i + 1].detach().clone().requires_grad_() for k, v in
                           self.leaves.items()}, self.lrs, self.transform, self.apply,
-                         self._fixed_of(slice(i, i + 1), op))
+                         self._fixed_of(slice(i, i + 1), op), self.boundary)
 
     def subset(self, index: Tensor, op: Any) -> OperatorUnknowns:
         """The share of images ``index`` (1-D long tensor) with the leaves *indexed*, not copied:
         gradients of the subset's loss reach the full leaves (zero for the other images)."""
         return OperatorUnknowns({k: v[index] for k, v in self.leaves.items()}, self.lrs, self.transform,
-                         self.apply, self._fixed_of(index, op))
+                         self.apply, self._fixed_of(index, op), self.boundary)
 
 
 def _range_param(name: str, lo: float, hi: float) -> Callable[[dict[str, Tensor]], dict]:
@@ -99,7 +102,8 @@ def blind_unknowns(op: Any, generators: Sequence[torch.Generator], image_shape: 
             return {"kernel": F.softmax(leaves["kernel_logits"], dim=1).reshape(-1, k, k)}
 
         return OperatorUnknowns({"kernel_logits": logits}, {"kernel_logits": kernel_lr}, kernel,
-                         lambda x, est, fixed: blur(x, est["kernel"], boundary))
+                                lambda x, est, fixed: blur(x, est["kernel"], boundary),
+                                boundary=boundary)
     if kernel_size is not None:
         raise DiffinvError(f"kernel_size applies to blind kernel families, not to "
                            f"{type(op).__name__}")
@@ -113,3 +117,56 @@ def blind_unknowns(op: Any, generators: Sequence[torch.Generator], image_shape: 
     raise DiffinvError(f"{solver} estimates blind Gaussian/motion blur kernels and blind "
                        f"rotation/zoom parameters; it cannot estimate those of "
                        f"{type(op).__name__}")
+
+
+def _adam_moments(optimizer: torch.optim.Optimizer, leaf: Tensor) -> list[Tensor]:
+    """The optimiser's per-element state tensors of ``leaf`` (Adam: both moment estimates)."""
+    state = optimizer.state.get(leaf, {})
+    return [v for v in state.values() if torch.is_tensor(v) and v.shape == leaf.shape]
+
+
+def check_recentrable(unknowns: OperatorUnknowns) -> None:
+    """Raise unless :func:`recentre_kernels` applies: a kernel unknown with a circular boundary."""
+    if "kernel_logits" not in unknowns.leaves:
+        raise DiffinvError("kernel re-centring needs a blind Gaussian or motion blur family (no "
+                           "kernel is estimated here); set recentre=false")
+    if unknowns.boundary != "circular":
+        raise DiffinvError(f"kernel re-centring is exact for a circular boundary only; this "
+                           f"family's boundary is {unknowns.boundary!r} (set recentre=false)")
+
+
+def recentre_kernels(unknowns: OperatorUnknowns, image: Tensor,
+                     optimizer: torch.optim.Optimizer) -> Tensor:
+    r"""Remove the translation ambiguity of blind deconvolution during a joint optimisation.
+
+    ``k * x`` is unchanged when the kernel moves by ``s`` and the image by ``-s``, so a joint fit
+    can drift both: the kernel towards an edge of its support (where the softmax cannot hold it
+    whole) and the image off the truth by whole pixels. Per image, the kernel's centre of mass is
+    moved to its anchor by the whole-pixel shift ``s`` of
+    :func:`~diffinv.solvers._blind.centre_shift` (a circular roll of its ``k x k`` logits, which
+    the softmax turns into a roll of the kernel) and ``image`` (the optimised image leaf itself,
+    e.g. RED-diff's ``mu``, changed in place) is rolled by ``-s``; the optimiser's moment estimates
+    move with their parameters. With a circular boundary ``roll(k, s) * roll(x, -s) = k * x``,
+    exactly but for the kernel mass the roll wraps around the ``k x k`` support (the far side's
+    tail, small when the kernel has drifted towards the other side); the classical methods re-centre their kernels the same way
+    (Pan-L0's ``adjust_psf_center``, FastEM). Returns the shifts applied, ``(B, 2)`` long.
+    """
+    from diffinv.solvers._blind import centre_shift
+
+    check_recentrable(unknowns)
+    logits = unknowns.leaves["kernel_logits"]
+    B, kk = logits.shape
+    k = math.isqrt(kk)
+    shifts = []
+    with torch.no_grad():
+        kernels = unknowns.estimates()["kernel"]
+        for b in range(B):
+            dy, dx = centre_shift(kernels[b])
+            shifts.append((dy, dx))
+            if dy == 0 and dx == 0:
+                continue
+            for t in (logits, *_adam_moments(optimizer, logits)):
+                t[b] = torch.roll(t[b].reshape(k, k), (dy, dx), (0, 1)).reshape(kk)
+            for t in (image, *_adam_moments(optimizer, image)):
+                t[b] = torch.roll(t[b], (-dy, -dx), (-2, -1))
+    return torch.tensor(shifts, dtype=torch.long).reshape(B, 2)

@@ -105,7 +105,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffinv.errors import DiffinvError
-from diffinv.solvers._blind import blind_problem
+from diffinv.solvers._blind import blind_problem, centre_shift
 from diffinv.solvers.base import Solver, register_solver
 
 _BETA_MAX = 1e5
@@ -216,17 +216,6 @@ def _components_mass(k: Tensor, frac: float) -> Tensor:
                 for a, b in comp:
                     out[a, b] = 0.0
     return out
-
-
-def centre_shift(k: Tensor) -> tuple[int, int]:
-    """Whole-pixel shift ``(dy, dx)`` moving the centre of mass of ``k`` (kh, kw) to its anchor."""
-    kh, kw = k.shape
-    m = k.sum().clamp_min(1e-30)
-    ys = torch.arange(kh, dtype=k.dtype, device=k.device)
-    xs = torch.arange(kw, dtype=k.dtype, device=k.device)
-    cy = float((k.sum(1) * ys).sum() / m)
-    cx = float((k.sum(0) * xs).sum() / m)
-    return round(kh // 2 - cy), round(kw // 2 - cx)
 
 
 def estimate_kernel(x: Tensor, y: Tensor, gamma: Tensor, size: int, thresh: float = 20.0,

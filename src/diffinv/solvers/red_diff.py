@@ -39,6 +39,13 @@ same Adam on the same loss, parametrised as blind DMPlug's (:mod:`diffinv.solver
 softmax kernel with random logits from each image's generator, ``kernel_lr = 0.1``; a range-
 bounded angle / zoom factor, ``param_lr = 0.1``); no kernel prior or sparsity term. The estimates
 are in ``trace["kernel"]`` (B, k, k) or ``trace["theta"]`` / ``trace["z"]`` (B,).
+``recentre=True`` (kernel families with a circular boundary) adds, after every Adam step, the
+classical re-centring of blind deconvolution (:func:`diffinv.solvers._unknowns.recentre_kernels`:
+each kernel's centre of mass moved to its anchor by a whole-pixel roll, ``mu`` rolled the other way,
+which leaves ``k * mu`` unchanged); without it the joint fit can drift kernel and image by whole
+pixels (the translation ambiguity), which costs PSNR although the kernel's shape is right. Off by
+default (the plain joint extension); the ``tuned32`` preset holds the choice made on validation
+images. The shifts applied are counted in ``trace["recentre_shifts"]`` (B,).
 
 Trace: ``"loss_obs"`` and ``"loss_reg"`` (steps, B) per-image terms, ``"timesteps"``; blind: the
 estimates. A non-finite ``mu`` stops the run with
@@ -57,7 +64,7 @@ from torch import Tensor
 from diffinv.errors import DiffinvError, UnknownNameError
 from diffinv.seeding import randn
 from diffinv.solvers._common import check_finite, has_fast_svd, operator_svd, progress, unpack
-from diffinv.solvers._unknowns import OperatorUnknowns, blind_unknowns
+from diffinv.solvers._unknowns import OperatorUnknowns, blind_unknowns, check_recentrable, recentre_kernels
 from diffinv.solvers.base import Solver, register_solver
 
 WEIGHTINGS = ("linear", "sqrt", "square", "log", "trunc_linear", "power2over3", "const")
@@ -115,7 +122,8 @@ class REDDiff(Solver):
 
     def __init__(self, steps: int = 1000, lr: float = 0.1, lam: float = 0.25,
                  obs_weight: float = 1.0, weighting: str = "linear", blind: bool = False,
-                 kernel_size: int | None = None, kernel_lr: float = 0.1, param_lr: float = 0.1):
+                 kernel_size: int | None = None, kernel_lr: float = 0.1, param_lr: float = 0.1,
+                 recentre: bool = False):
         if isinstance(steps, bool) or int(steps) != steps or steps < 1:
             raise DiffinvError(f"steps must be an integer >= 1, got {steps!r}")
         for name, v in (("lr", lr), ("kernel_lr", kernel_lr), ("param_lr", param_lr)):
@@ -131,6 +139,11 @@ class REDDiff(Solver):
         self.kernel_size, self.kernel_lr, self.param_lr = kernel_size, float(kernel_lr), float(param_lr)
         if kernel_size is not None and not self.blind:
             raise DiffinvError("kernel_size applies to blind RED-diff (blind=true) only")
+        if not isinstance(recentre, bool):
+            raise DiffinvError(f"recentre must be true or false, got {recentre!r}")
+        if recentre and not self.blind:
+            raise DiffinvError("recentre applies to blind RED-diff (blind=true) only")
+        self.recentre = recentre
         self.progress = False
 
     def _problem(self, y: Tensor, physics: Any, prior: Any,
@@ -161,6 +174,9 @@ class REDDiff(Solver):
         ts = red_diff_timesteps(prior.num_timesteps, self.steps)
         shape = tuple(mu.shape[1:])
         reg_log, obs_log = [], []
+        if self.recentre:  # before the first network call
+            check_recentrable(unknowns)
+        shifts = torch.zeros(mu.shape[0], dtype=torch.long)
         trace: dict[str, Any] = {"timesteps": ts, "weighting": self.weighting,
                                  "forward_model": model}
         last = mu.detach().clone()
@@ -178,6 +194,8 @@ class REDDiff(Solver):
             opt.zero_grad(set_to_none=True)
             total.sum().backward()
             opt.step()
+            if self.recentre:
+                shifts += recentre_kernels(unknowns, mu, opt).ne(0).any(1).long()
             reg_log.append(reg.detach())
             obs_log.append(obs.detach())
             check_finite(self.name, mu.detach(), last, i, t, trace)
@@ -186,5 +204,7 @@ class REDDiff(Solver):
             last = mu.detach().clone()
         trace["loss_reg"] = torch.stack(reg_log).cpu()
         trace["loss_obs"] = torch.stack(obs_log).cpu()
+        if self.recentre:
+            trace["recentre_shifts"] = shifts
         trace.update({k: v.detach() for k, v in unknowns.estimates().items()})
         return mu.detach().clamp(-1.0, 1.0), trace
