@@ -190,8 +190,9 @@ def _offcentre_unknowns(boundary="circular"):
 
 def test_recentring_keeps_the_data_term_and_moves_each_kernel_to_its_anchor():
     """``roll(k, s) * roll(x, -s) = k * x`` with a circular boundary: the fit is unchanged but for
-    the kernel mass the roll wraps around its support, the off-centre kernel's centre of mass lands within half a pixel of the anchor, the
-    centred one is left alone, and Adam's moments move with their parameters."""
+    the kernel mass the roll wraps around its support, the off-centre kernel's centre of mass
+    lands within half a pixel of the anchor, the centred one is left alone, and Adam's moments
+    move with their parameters."""
     from diffinv.solvers._unknowns import recentre_kernels
 
     u = _offcentre_unknowns()

@@ -17,6 +17,8 @@ as many images as ``b`` (``--exclude`` keeps references such as a true-operator 
 For every (other axes) cell present under both labels, the table gives N, mean(b - a) with its
 95% interval, and max |b - a|, per metric. Rows are matched by image index, so the interval is
 that of the paired difference (far tighter than comparing two means with their own intervals).
+Where a cell was re-run under new settings with the same labels, the newest row of each image is
+used (``latest_rows``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,18 @@ from pathlib import Path
 
 from diffinv.bench.records import read_records
 from diffinv.bench.stats import mean_interval
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """One row per (cell labels, image index): the most recently finished. A cell re-run under new
+    settings with the same labels (a retuned method, say) leaves its earlier rows in the files;
+    only the newest of each image counts."""
+    newest: dict[tuple, dict] = {}
+    for r in rows:
+        key = (tuple(sorted((k, v["label"]) for k, v in r["cell"].items())), r["index"])
+        if key not in newest or str(r.get("finished", "")) >= str(newest[key].get("finished", "")):
+            newest[key] = r
+    return list(newest.values())
 
 
 def paired(rows: list[dict], axis: str, a: str, b: str) -> dict[tuple, dict[str, list[float]]]:
@@ -97,7 +111,7 @@ def main() -> None:
                     help="label never taken as the best (repeatable)")
     ap.add_argument("-o", "--output", type=Path, default=None)
     args = ap.parse_args()
-    rows = [r for path in args.jsonl for r in read_records(path)[0]]
+    rows = latest_rows([r for path in args.jsonl for r in read_records(path)[0]])
     best_of: dict[tuple, str] = {}
     by_ref = {}
     for a in args.a:

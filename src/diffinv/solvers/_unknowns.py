@@ -148,8 +148,9 @@ def recentre_kernels(unknowns: OperatorUnknowns, image: Tensor,
     e.g. RED-diff's ``mu``, changed in place) is rolled by ``-s``; the optimiser's moment estimates
     move with their parameters. With a circular boundary ``roll(k, s) * roll(x, -s) = k * x``,
     exactly but for the kernel mass the roll wraps around the ``k x k`` support (the far side's
-    tail, small when the kernel has drifted towards the other side); the classical methods re-centre their kernels the same way
-    (Pan-L0's ``adjust_psf_center``, FastEM). Returns the shifts applied, ``(B, 2)`` long.
+    tail, small when the kernel has drifted towards the other side); the classical methods
+    re-centre their kernels the same way (Pan-L0's ``adjust_psf_center``, FastEM). Returns the
+    shifts applied, ``(B, 2)`` long.
     """
     from diffinv.solvers._blind import centre_shift
 

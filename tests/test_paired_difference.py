@@ -1,0 +1,30 @@
+"""benchmarks/tools/paired_difference.py: a cell re-run under new settings with the same labels
+counts once per image (its newest row), both in the pairing and in the choice of the best row."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+TOOL = Path(__file__).resolve().parents[1] / "benchmarks" / "tools" / "paired_difference.py"
+spec = importlib.util.spec_from_file_location("paired_difference", TOOL)
+paired_difference = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(paired_difference)
+
+
+def rows(label: str, psnrs: list[float], finished: str) -> list[dict]:
+    return [{"cell": {"method": {"label": label}, "task": {"label": "blur"}}, "index": i,
+             "metrics": {"psnr": p}, "finished": finished} for i, p in enumerate(psnrs)]
+
+
+def test_the_newest_row_of_each_image_replaces_a_stale_one():
+    old = rows("b", [10.0, 10.0], "2026-12-05T10:00:00.000+00:00")
+    new = rows("b", [30.0, 31.0], "2026-12-06T10:00:00.000+00:00")
+    ref = rows("a", [20.0, 20.0], "2026-12-05T09:00:00.000+00:00")
+    for order in (old + new + ref, new + ref + old):  # shards: file order is not time order
+        kept = paired_difference.latest_rows(order)
+        assert len(kept) == 4
+        diffs = paired_difference.paired(kept, "method", "a", "b")
+        assert sorted(diffs[(("task", "blur"),)]["psnr"]) == [10.0, 11.0]
+        # with the stale rows dropped, b has as many images as a, so a is b's best other row
+        assert paired_difference.best_other(kept, "method", "b", "psnr") == {(("task", "blur"),): "a"}
