@@ -45,7 +45,10 @@ Blind RED-diff on the blind Gaussian and motion families (``benchmarks/tune_blin
 from ``tune_blind_reddiff.toml``, sigma 0.02): kernel re-centring on (``recentre``), lambda 1 and
 kernel step 0.01 instead of the plain extension's 0.25 / 0.1 / no re-centring: +3.3 [+1.9, +4.7] dB
 on Gaussian blur, +2.6 [-1.3, +6.5] on motion blur (not distinguishable on 8 images; the pick on
-both). 0.01 is the grid's smallest kernel step.
+both). 0.01 is the grid's smallest kernel step. On blind rotation / zoom blur
+(``benchmarks/tune_blind_reddiff_rotzoom_picks.md``): lambda 1 and angle step 0.03 on rotation,
+zoom-factor step 0.3 on zoom (both within the paired interval of the plain 0.25 / 0.1: +1.1
+[-1.9, +4.2] and +0.01 [-0.07, +0.09] dB).
 """
 
 from __future__ import annotations
@@ -113,6 +116,8 @@ PRESETS: dict[str, dict[str, ParamTable]] = {
         "red-diff": {
             "blind-motion-blur": _BLIND_RED_DIFF,
             "blind-gaussian-blur": _BLIND_RED_DIFF,
+            "blind-rotation-blur": {"blind": True, "lam": 1.0, "param_lr": 0.03},
+            "blind-zoom-blur": {"blind": True, "param_lr": 0.3},
         },
         "admm-pnp": {
             "sr-avgpool": _ADMM_WIDE,
