@@ -45,7 +45,8 @@ Blind RED-diff on the blind Gaussian and motion families (``benchmarks/tune_blin
 from ``tune_blind_reddiff.toml``, sigma 0.02): kernel re-centring on (``recentre``), lambda 1 and
 kernel step 0.01 instead of the plain extension's 0.25 / 0.1 / no re-centring: +3.3 [+1.9, +4.7] dB
 on Gaussian blur, +2.6 [-1.3, +6.5] on motion blur (not distinguishable on 8 images; the pick on
-both). 0.01 is the grid's smallest kernel step. On blind rotation / zoom blur
+both). The pick is inside the grid: kernel step 0.003 and lambda 2 lose 1.3 / 2.1 and 2.3 / 2.0 dB
+(Gaussian / motion). On blind rotation / zoom blur
 (``benchmarks/tune_blind_reddiff_rotzoom_picks.md``): lambda 1 and angle step 0.03 on rotation,
 zoom-factor step 0.3 on zoom (both within the paired interval of the plain 0.25 / 0.1: +1.1
 [-1.9, +4.2] and +0.01 [-0.07, +0.09] dB).
