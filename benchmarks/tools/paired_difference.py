@@ -34,13 +34,18 @@ from diffinv.bench.records import read_records
 from diffinv.bench.stats import mean_interval
 
 
+def cell_labels(row: dict, without: str | None = None) -> tuple[tuple[str, str], ...]:
+    """The row's (axis, label) pairs, sorted, leaving out axis ``without``."""
+    return tuple(sorted((k, v["label"]) for k, v in row["cell"].items() if k != without))
+
+
 def latest_rows(rows: list[dict]) -> list[dict]:
     """One row per (cell labels, image index): the most recently finished. A cell re-run under new
     settings with the same labels (a retuned method, say) leaves its earlier rows in the files;
     only the newest of each image counts."""
     newest: dict[tuple, dict] = {}
     for r in rows:
-        key = (tuple(sorted((k, v["label"]) for k, v in r["cell"].items())), r["index"])
+        key = (cell_labels(r), r["index"])
         if key not in newest or str(r.get("finished", "")) >= str(newest[key].get("finished", "")):
             newest[key] = r
     return list(newest.values())
@@ -53,7 +58,7 @@ def paired(rows: list[dict], axis: str, a: str, b: str) -> dict[tuple, dict[str,
         label = r["cell"][axis]["label"]
         if label not in side:
             continue
-        rest = tuple(sorted((k, v["label"]) for k, v in r["cell"].items() if k != axis))
+        rest = cell_labels(r, axis)
         side[label][(rest, r["index"])] = r["metrics"]
     out: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for key, ma in side[a].items():
@@ -72,7 +77,7 @@ def best_other(rows: list[dict], axis: str, b: str, metric: str,
     among those with at least as many images as ``b`` in that cell."""
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        rest = tuple(sorted((k, v["label"]) for k, v in r["cell"].items() if k != axis))
+        rest = cell_labels(r, axis)
         if metric in r["metrics"]:
             values[rest][r["cell"][axis]["label"]].append(r["metrics"][metric])
     out = {}

@@ -155,15 +155,22 @@ def delta_kernel(batch: int, size: int, *, device: Any = "cpu",
     return k
 
 
-def centre_shift(k: Tensor) -> tuple[int, int]:
-    """Whole-pixel shift ``(dy, dx)`` moving the centre of mass of ``k`` (kh, kw) to its anchor."""
-    kh, kw = k.shape
-    m = k.sum().clamp_min(1e-30)
+def centre_shifts(k: Tensor) -> list[tuple[int, int]]:
+    """Per kernel of ``k`` (B, kh, kw), the whole-pixel shift ``(dy, dx)`` moving its centre of
+    mass to its anchor ``(kh // 2, kw // 2)``; one host transfer for the whole batch."""
+    _, kh, kw = k.shape
+    m = k.sum((1, 2)).clamp_min(1e-30)
     ys = torch.arange(kh, dtype=k.dtype, device=k.device)
     xs = torch.arange(kw, dtype=k.dtype, device=k.device)
-    cy = float((k.sum(1) * ys).sum() / m)
-    cx = float((k.sum(0) * xs).sum() / m)
-    return round(kh // 2 - cy), round(kw // 2 - cx)
+    cy = (k.sum(2) * ys).sum(1) / m
+    cx = (k.sum(1) * xs).sum(1) / m
+    return [(round(kh // 2 - y), round(kw // 2 - x))
+            for y, x in torch.stack([cy, cx], 1).tolist()]
+
+
+def centre_shift(k: Tensor) -> tuple[int, int]:
+    """:func:`centre_shifts` of one kernel ``k`` (kh, kw)."""
+    return centre_shifts(k.unsqueeze(0))[0]
 
 
 def kernel_design(x: Tensor, size: int, boundary: str) -> Tensor:

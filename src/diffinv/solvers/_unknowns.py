@@ -143,7 +143,7 @@ def recentre_kernels(unknowns: OperatorUnknowns, image: Tensor,
     can drift both: the kernel towards an edge of its support (where the softmax cannot hold it
     whole) and the image off the truth by whole pixels. Per image, the kernel's centre of mass is
     moved to its anchor by the whole-pixel shift ``s`` of
-    :func:`~diffinv.solvers._blind.centre_shift` (a circular roll of its ``k x k`` logits, which
+    :func:`~diffinv.solvers._blind.centre_shifts` (a circular roll of its ``k x k`` logits, which
     the softmax turns into a roll of the kernel) and ``image`` (the optimised image leaf itself,
     e.g. RED-diff's ``mu``, changed in place) is rolled by ``-s``; the optimiser's moment estimates
     move with their parameters. With a circular boundary ``roll(k, s) * roll(x, -s) = k * x``,
@@ -152,18 +152,15 @@ def recentre_kernels(unknowns: OperatorUnknowns, image: Tensor,
     re-centre their kernels the same way (Pan-L0's ``adjust_psf_center``, FastEM). Returns the
     shifts applied, ``(B, 2)`` long.
     """
-    from diffinv.solvers._blind import centre_shift
+    from diffinv.solvers._blind import centre_shifts
 
     check_recentrable(unknowns)
     logits = unknowns.leaves["kernel_logits"]
     B, kk = logits.shape
     k = math.isqrt(kk)
-    shifts = []
     with torch.no_grad():
-        kernels = unknowns.estimates()["kernel"]
-        for b in range(B):
-            dy, dx = centre_shift(kernels[b])
-            shifts.append((dy, dx))
+        shifts = centre_shifts(unknowns.estimates()["kernel"])
+        for b, (dy, dx) in enumerate(shifts):
             if dy == 0 and dx == 0:
                 continue
             for t in (logits, *_adam_moments(optimizer, logits)):

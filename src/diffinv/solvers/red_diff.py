@@ -176,7 +176,7 @@ class REDDiff(Solver):
         reg_log, obs_log = [], []
         if self.recentre:  # before the first network call
             check_recentrable(unknowns)
-        shifts = torch.zeros(mu.shape[0], dtype=torch.long)
+            trace_shifts = torch.zeros(mu.shape[0], dtype=torch.long)
         trace: dict[str, Any] = {"timesteps": ts, "weighting": self.weighting,
                                  "forward_model": model}
         last = mu.detach().clone()
@@ -195,7 +195,7 @@ class REDDiff(Solver):
             total.sum().backward()
             opt.step()
             if self.recentre:
-                shifts += recentre_kernels(unknowns, mu, opt).ne(0).any(1).long()
+                trace_shifts += recentre_kernels(unknowns, mu, opt).ne(0).any(1).long()
             reg_log.append(reg.detach())
             obs_log.append(obs.detach())
             check_finite(self.name, mu.detach(), last, i, t, trace)
@@ -205,6 +205,6 @@ class REDDiff(Solver):
         trace["loss_reg"] = torch.stack(reg_log).cpu()
         trace["loss_obs"] = torch.stack(obs_log).cpu()
         if self.recentre:
-            trace["recentre_shifts"] = shifts
+            trace["recentre_shifts"] = trace_shifts
         trace.update({k: v.detach() for k, v in unknowns.estimates().items()})
         return mu.detach().clamp(-1.0, 1.0), trace
