@@ -64,7 +64,8 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, op, noise):
     x = _images(2)
     m = measure(x, op, noise, seed=7, indices=[4, 9], domain="mnist32", source="test")
     out = save_measurement(m, tmp_path / "m")
-    assert sorted(p.name for p in out.iterdir()) == ["measurement.safetensors", "spec.json",
+    assert sorted(p.name for p in out.iterdir()) == [".diffinv-output.json",
+                                                     "measurement.safetensors", "spec.json",
                                                      "truth.safetensors", "y.png"]
     back = load_measurement(out)
     _same(back.y, m.y)

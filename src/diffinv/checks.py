@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -145,14 +146,17 @@ def _check_writable(folder: Path, target: Path) -> None:
 
 
 def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False,
-                        replace: bool = True) -> Path:
+                        replace: bool = True, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Check, before any work, that output folder ``path`` can be written; returns it as a Path.
 
-    ``replace=True``: the folder is written aside and renamed over ``path``
-    (:func:`~diffinv.fileio.atomic_folder`), so an existing non-empty folder needs ``overwrite``;
-    ``replace=False``: files are written into the folder (a run folder that resumes, the demo).
-    A path that is a file, lies under a file or cannot be created raises :class:`DiffinvError`.
-    Creates nothing.
+    ``replace=True``: the folder is written aside and renamed into place
+    (:func:`~diffinv.fileio.atomic_folder`). It must be a place diffinv may (re)place: an
+    existing non-empty folder needs ``overwrite`` and is replaced only if diffinv wrote all of it;
+    the working folder, folders holding it, ``inputs`` and folders holding them are never
+    replaced; and this process claims the path, so a second process writing it is refused (see
+    :mod:`diffinv.fileio`). ``replace=False``: files are written into the folder (a run folder
+    that resumes, the demo). A path that is a file, lies under a file or cannot be created raises
+    :class:`DiffinvError`. Creates no file or folder at ``path``.
     """
     out = Path(path)
     if out.exists() and not out.is_dir():
@@ -161,10 +165,14 @@ def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False,
     blocker = _first_non_folder(out)
     if blocker is not None:
         raise DiffinvError(f"cannot create output folder {out}: {blocker} is a file")
-    if replace and out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DiffinvError(f"{out} exists and is not empty (overwrite it with --overwrite / "
-                           "overwrite=True)")
-    _check_writable(_nearest_existing(out.parent if replace else out), out)
+    if replace:
+        from diffinv.fileio import check_replaceable, claim_output_folder
+
+        check_replaceable(out, overwrite=overwrite, inputs=inputs)
+        _check_writable(_nearest_existing(out.parent), out)
+        claim_output_folder(out, overwrite=overwrite, inputs=inputs)
+    else:
+        _check_writable(_nearest_existing(out), out)
     return out
 
 

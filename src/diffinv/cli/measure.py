@@ -24,7 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed; image i's randomness derives "
                    "from (seed, its index)")
     p.add_argument("-o", "--output", help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder that diffinv wrote (its files are "
+                   "deleted when the new measurement is complete); a folder holding other "
+                   "files, the working folder and the input images are never replaced")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3],
                    help="image files: 1 = gray, 3 = RGB")
     p.add_argument("--size", type=positive_int, default=None,
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from diffinv.checks import check_output_folder
     from diffinv.physics import make_noise, make_operator, measure, save_measurement
 
-    check_output_folder(args.output, overwrite=args.overwrite)
+    check_output_folder(args.output, overwrite=args.overwrite, inputs=args.images)
     op = make_operator(args.op, **parse_settings(args.param))
     noise = make_noise(args.noise)
     if args.dataset:
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         domain = args.domain or "image"
         source = ",".join(args.images)
     m = measure(x, op, noise, args.seed, indices, domain=domain, source=source)
-    out = save_measurement(m, args.output, overwrite=args.overwrite)
+    out = save_measurement(m, args.output, overwrite=args.overwrite, inputs=args.images)
     hidden = " (true parameters hidden in truth.safetensors)" if m.blind else ""
     print(f"wrote {out}: y {tuple(m.y.shape)} = {m.operator}(x) + {m.noise}, seed {m.seed}, "
           f"{len(indices)} image(s) from {source}{hidden}")

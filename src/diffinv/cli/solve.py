@@ -67,7 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1 ...")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing non-empty output folder (never a file)")
+                   help="replace an existing output folder that diffinv wrote (its files are "
+                   "deleted when the new result is complete); a folder holding other files, "
+                   "the working folder and the input are never replaced")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_option(p)
     p.set_defaults(func=run)
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from diffinv.solvers import make_solver
     from diffinv.solvers.presets import auto_preset, preset_params
 
-    out = check_output_folder(args.output, overwrite=args.overwrite)
+    out = check_output_folder(args.output, overwrite=args.overwrite, inputs=[args.measurement])
     check_device(args.device, "--device")
     m = load_measurement(args.measurement)
     truth = m.x
@@ -127,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
         for name in ("psnr", "ssim"):
             info[name] = [float(v) for v in get_metric(name)(x, truth)]
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, overwrite=args.overwrite, inputs=[args.measurement]) as tmp:
         estimates = {f"estimate.{k}": result.trace[k].detach().cpu().contiguous()
                      for k in ("kernel", "theta", "z")  # blind solvers' operator estimates
                      if isinstance(result.trace.get(k), torch.Tensor)}

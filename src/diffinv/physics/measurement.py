@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -184,12 +185,15 @@ def _write_png(y: Tensor, path: Path, image_like: bool) -> None:
 
 
 def save_measurement(m: Measurement, directory: str | os.PathLike, *,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()
+                     ) -> Path:
     """Write ``m`` to ``directory`` (see the module docstring), all or nothing.
 
     The files are written to a temporary sibling folder renamed into place at the end, so a
     failure leaves nothing behind. An existing non-empty ``directory`` is an error unless
-    ``overwrite``.
+    ``overwrite``, and even then it is replaced only if diffinv wrote it; ``inputs`` (the files
+    the measurement was made from) and folders holding them are never replaced
+    (:mod:`diffinv.fileio`).
     """
     from safetensors.torch import save_file
 
@@ -197,8 +201,9 @@ def save_measurement(m: Measurement, directory: str | os.PathLike, *,
         raise DiffinvError(f"a measurement made with an unregistered operator ({m.operator}) "
                            "cannot be saved: a saved measurement names its operator in "
                            "diffinv's registry (diffinv measure --list)")
-    out = check_output_folder(directory, overwrite=overwrite)
-    with atomic_folder(out) as tmp:
+    inputs = list(inputs)
+    out = check_output_folder(directory, overwrite=overwrite, inputs=inputs)
+    with atomic_folder(out, overwrite=overwrite, inputs=inputs) as tmp:
         cfg, cfg_tensors = _split_config(m.config)
         tensors = {"y": m.y.detach().cpu().contiguous(), **cfg_tensors}
         tensors.update({f"param.{k}": v.detach().cpu().contiguous() for k, v in m.params.items()})
