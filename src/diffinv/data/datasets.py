@@ -58,6 +58,11 @@ def canonical_name(dataset: str) -> str:
     from diffinv.data.kernels import KERNEL_SETS
 
     name = _ALIASES.get(dataset, dataset)
+    from diffinv.video.data import VIDEO_SETS
+
+    if name in VIDEO_SETS:  # clips, not images
+        raise DiffinvError(f"{dataset!r} is a video data set (clips (T, C, H, W)): load it with "
+                           f"diffinv.video.get_clips('{dataset}:SPLIT[:INDICES]')")
     if name not in _LOADERS and name not in KERNEL_SETS:
         raise UnknownNameError("data set", dataset,
                                list(_LOADERS) + list(KERNEL_SETS) + list(_ALIASES))
