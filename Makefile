@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(PIP) install -q $(TORCH)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,video]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -31,7 +31,7 @@ assets: $(BIN)/python
 	fi
 
 demo: install
-	$(BIN)/diffinv demo -o out/demo
+	$(BIN)/diffinv demo -o out/demo --overwrite
 
 test: install assets
 	$(BIN)/python -m pytest -q -m "not slow"

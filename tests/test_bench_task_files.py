@@ -47,8 +47,11 @@ def test_task_file_parses_and_validates(path):
 
         for c in plan.cells:  # every solver accepts its cell's operator (SVD, linearity)
             op, params, _ = _task_parts(c["task"])
-            make_solver(c["method"].name, operator=op,
-                        **solver_params(c["method"])[0]).check_operator(make_operator(op, **params))
+            try:
+                solver = make_solver(c["method"].name, operator=op, **solver_params(c["method"])[0])
+            except MissingAssetError as e:  # weights the task file names but git does not ship
+                pytest.skip(f"{path.name}: {e}")
+            solver.check_operator(make_operator(op, **params))
 
 
 def _cells(plan) -> set[tuple[str, str]]:

@@ -101,3 +101,80 @@ def test_pickled_weights_are_refused_and_pins_are_checked(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DiffinvError, match="not a diffusers UNet folder"):
         load_prior(tmp_path / "empty")
+
+
+# ------------------------------------------------ issue 36: the scheduler class is read, by name
+def _with_scheduler(tmp_path, scheduler):
+    """A pipeline folder of the tiny UNet with ``scheduler``'s saved config."""
+    folder, _, _ = _save(tmp_path)
+    cfg = folder / "scheduler" / "scheduler_config.json"
+    cfg.unlink()
+    scheduler.save_pretrained(folder / "scheduler")
+    return folder
+
+
+@pytest.mark.parametrize("make", [
+    lambda: diffusers.ScoreSdeVeScheduler(),
+    lambda: diffusers.EDMEulerScheduler(),
+    lambda: diffusers.EulerDiscreteScheduler(timestep_type="continuous"),
+    lambda: diffusers.EulerDiscreteScheduler(num_train_timesteps=T),
+    lambda: diffusers.FlowMatchEulerDiscreteScheduler(),
+    lambda: diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T),
+    lambda: diffusers.LCMScheduler(num_train_timesteps=T),
+], ids=["score-sde-ve", "edm-euler", "euler-continuous", "euler", "flow-match",
+        "dpm-solver", "lcm"])
+def test_schedulers_the_loader_does_not_model_are_refused_by_name(tmp_path, make):
+    scheduler = make()
+    folder = _with_scheduler(tmp_path, scheduler)
+    name = type(scheduler).__name__
+    with pytest.raises(DiffinvError, match=rf"scheduler {name} is not supported.*supported: "
+                                           r"DDIMParallelScheduler, DDIMScheduler, "
+                                           r"DDPMParallelScheduler, DDPMScheduler, PNDMScheduler"):
+        load_prior(folder)
+
+
+def test_a_scheduler_config_without_its_class_name_is_refused(tmp_path):
+    folder, _, _ = _save(tmp_path)
+    cfg_path = folder / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["_class_name"]
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(DiffinvError, match=r"names no scheduler class \(_class_name\)"):
+        load_prior(folder)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="scaled_linear"),
+    lambda: diffusers.DDIMParallelScheduler(num_train_timesteps=T),
+    lambda: diffusers.DDPMParallelScheduler(num_train_timesteps=T, beta_schedule="scaled_linear"),
+    lambda: diffusers.PNDMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2"),
+], ids=["ddim", "ddim-parallel", "ddpm-parallel", "pndm"])
+def test_the_ddpm_family_loads_with_its_own_betas(tmp_path, make):
+    scheduler = make()
+    prior = load_prior(_with_scheduler(tmp_path, scheduler))
+    assert prior.schedule.num_steps == T
+    assert torch.allclose(prior.schedule.betas.float(), scheduler.betas, rtol=1e-6, atol=1e-9)
+    assert prior.schedule.kind == scheduler.config.beta_schedule
+
+
+def test_defaulted_betas_are_labelled_defaulted_not_trained(tmp_path):
+    folder, _, sched = _save(tmp_path)
+    cfg_path = folder / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for key in ("beta_schedule", "trained_betas"):
+        cfg.pop(key, None)
+    cfg_path.write_text(json.dumps(cfg))
+    prior = load_prior(folder)
+    assert prior.schedule.kind == "linear (defaulted)"
+    assert torch.allclose(prior.schedule.betas.float(), sched.betas, rtol=1e-6, atol=1e-9)
+    cfg["trained_betas"] = sched.betas.tolist()
+    cfg_path.write_text(json.dumps(cfg))
+    assert load_prior(folder).schedule.kind == "trained"
+
+
+def test_a_folder_without_scheduler_labels_its_betas_defaulted(tmp_path):
+    folder, _, _ = _save(tmp_path)
+    (folder / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.warns(RuntimeWarning, match="DDPMScheduler defaults"):
+        prior = load_prior(folder)
+    assert prior.schedule.kind == "linear (defaulted)"

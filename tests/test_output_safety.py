@@ -229,3 +229,19 @@ def test_a_second_process_writing_the_same_output_is_refused(sandbox):
                           capture_output=True, text=True, timeout=120)
     assert free.returncode == 0, free.stdout + free.stderr
     assert not (sandbox / "new").exists()
+
+
+# ------------------------------------------------------------------- the demo, too
+def test_demo_writes_a_whole_folder_and_never_a_users_files(sandbox, capsys):
+    before = snapshot(sandbox)
+    err = refused(["demo", "--solver", "ddrm", "-n", "1", "-o", ".", "--overwrite"], capsys)
+    assert "working folder" in err
+    assert snapshot(sandbox) == before
+    (sandbox / "mine").mkdir()
+    (sandbox / "mine" / "metrics.json").write_text("a user's metrics\n")
+    err = refused(["demo", "--solver", "ddrm", "-n", "1", "-o", "mine"], capsys)
+    assert "not empty" in err
+    assert (sandbox / "mine" / "metrics.json").read_text() == "a user's metrics\n"
+    assert main(["demo", "--solver", "ddrm", "-n", "1", "-o", "d"]) == 0
+    assert main(["demo", "--solver", "ddrm", "-n", "1", "-o", "d", "--overwrite"]) == 0
+    assert {p.name for p in (sandbox / "d").iterdir()} == {MARKER, "demo.png", "metrics.json"}

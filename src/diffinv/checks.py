@@ -48,16 +48,24 @@ def check_count(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+#: the device types diffinv runs on (``meta`` holds no data; ``xla``, ``ipu``... are not supported)
+RUNNABLE_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
 def check_device(device: str | torch.device, where: str = "device") -> torch.device:
     """``device`` as a :class:`torch.device` that this machine has, before anything runs on it.
 
-    A string that is not a torch device, and a CUDA device on a machine (or a torch build) without
+    A string that is not a torch device, a device type other than cpu, cuda and mps
+    (:data:`RUNNABLE_DEVICE_TYPES`), and a CUDA device on a machine (or a torch build) without
     CUDA or without that many GPUs, raise :class:`DiffinvError` naming ``where`` it came from.
     """
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError) as e:
         raise DiffinvError(f"{where} {str(device)!r} is not a torch device: {e}") from None
+    if dev.type not in RUNNABLE_DEVICE_TYPES:
+        raise DiffinvError(f"{where} {str(device)!r}: diffinv runs on cpu, cuda or mps devices, "
+                           f"not {dev.type!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise DiffinvError(f"{where} {str(device)!r}: this torch ({torch.__version__}) sees no "

@@ -32,5 +32,10 @@ class NonFiniteError(DiffinvError, FloatingPointError):
     """NaN or Inf where finite values are required."""
 
 
+class ResourceError(DiffinvError):
+    """A request would need more memory (or disk) than the machine has (:mod:`diffinv.resources`);
+    refused before anything is allocated."""
+
+
 class RangeWarning(UserWarning):
     """An image looks as if it broke the [-1, 1] contract (e.g. it lies in [0, 1])."""

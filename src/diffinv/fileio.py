@@ -252,9 +252,10 @@ def load_tensors_only(path: str | os.PathLike, map_location: str | object = "cpu
     """``torch.load`` that runs no pickled code: tensors, numbers, strings, lists and dicts only.
 
     Anything else is refused with :class:`~diffinv.errors.IntegrityError` saying which object
-    the file asked for and why it is refused (unpickling it could run arbitrary code); a file
-    torch cannot read at all is reported as truncated or not a torch file. A missing file
-    raises :class:`FileNotFoundError`.
+    the file asked for (found by scanning, never running, its pickle) and why it is refused
+    (unpickling it could run arbitrary code); a file that is neither a torch zip archive nor a
+    pickle (random bytes, another format) is reported as not a readable torch file, not as
+    pickled code. A missing file raises :class:`FileNotFoundError`.
     """
     import pickle
     import re
@@ -272,10 +273,87 @@ def load_tensors_only(path: str | os.PathLike, map_location: str | object = "cpu
         raise
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f"a pickled {found.group(1)} object" if found else "pickled data"
-        raise IntegrityError(f"{path} is refused: it holds {what}, not only tensors, and "
-                             "unpickling it could run arbitrary code") from None
+        kind, name = _pickle_kind(Path(path))
+        name = found.group(1) if found else name
+        if kind == "foreign":
+            raise IntegrityError(f"{path} is not a readable torch file: {_FOREIGN}") from None
+        if name:
+            raise IntegrityError(f"{path} is refused: it holds a pickled {name} object, not only "
+                                 "tensors, and unpickling it could run arbitrary code") from None
+        reason = next((ln.strip() for ln in reversed(str(e).splitlines())
+                       if ln.strip() and "documentation" not in ln), type(e).__name__)[:120]
+        raise IntegrityError(f"{path} is refused: it holds pickled data that torch's "
+                             f"tensors-only loader cannot read ({reason}); diffinv unpickles "
+                             "nothing else") from None
     except Exception as e:  # truncated zip archives, foreign bytes
+        if _pickle_kind(Path(path))[0] == "foreign":
+            raise IntegrityError(f"{path} is not a readable torch file: {_FOREIGN}") from None
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise IntegrityError(f"{path} is not a readable torch file (truncated or not a "
                              f"checkpoint: {reason})") from None
+
+
+_FOREIGN = "it is neither a torch zip archive nor a pickle (truncated, or another format)"
+#: globals a torch checkpoint's pickle names that torch's tensors-only loader accepts
+_TORCH_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode",
+                          "numpy.core.multiarray._reconstruct")
+
+
+def _pickle_kind(path: Path) -> tuple[str, str | None]:
+    """What ``path`` is, read without unpickling anything: ``("zip" | "pickle" | "foreign",
+    the first global its pickle asks for that is not torch's own, or None)``."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                member = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                if member is None:
+                    return "foreign", None
+                with z.open(member) as f:
+                    return "zip", _first_foreign_global(f, 1)
+        with open(path, "rb") as f:
+            if f.read(1) != b"\x80":  # every pickle of protocol 2 or more starts with PROTO
+                return "foreign", None
+            f.seek(0)
+            return "pickle", _first_foreign_global(f, 4)  # torch's legacy format: 4 pickles
+    except ValueError:  # not a valid pickle stream
+        return "foreign", None
+    except (OSError, zipfile.BadZipFile):
+        return "foreign", None
+
+
+def _first_foreign_global(f, pickles: int) -> str | None:
+    """Scan (never run) up to ``pickles`` consecutive pickles of file ``f`` for the globals they
+    ask for; the first that is not torch's own, as ``module.name``."""
+    import pickletools
+
+    for i in range(pickles):
+        memo: dict[int, object] = {}
+        pushed: list[object] = []  # what each push put on the stack: a string, or None
+        try:
+            for op, arg, _pos in pickletools.genops(f):
+                name = None
+                if op.name == "GLOBAL":
+                    name = str(arg).replace(" ", ".")
+                elif op.name == "STACK_GLOBAL":
+                    if len(pushed) >= 2 and all(isinstance(v, str) for v in pushed[-2:]):
+                        name = f"{pushed[-2]}.{pushed[-1]}"
+                elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
+                                 "SHORT_BINSTRING", "BINSTRING", "STRING"):
+                    pushed.append(arg)
+                elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                    pushed.append(memo.get(int(arg)))
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[int(arg)] = pushed[-1] if pushed else None
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif op.stack_after:
+                    pushed.append(None)
+                if name and not name.startswith(_TORCH_GLOBAL_PREFIXES):
+                    return name
+        except ValueError:  # not a pickle (the first), or no further pickle (the others)
+            if i == 0:
+                raise
+            return None
+    return None

@@ -11,7 +11,7 @@ solver such as DPS can amplify that: see ``diffinv.bench.gallery``.)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -32,19 +32,43 @@ def image_generators(run_seed: int, indices: Sequence[int]) -> list[torch.Genera
     return gens
 
 
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` as an int: Python and numpy integers pass; bools, floats (even 3.0), strings and
+    anything else raise :class:`~diffinv.errors.DiffinvError` (the one rule of ``measure``, the
+    solvers and ``prior.sample``)."""
+    import operator
+
+    from diffinv.errors import DiffinvError
+
+    if not isinstance(seed, bool | float | str | bytes):
+        try:
+            return operator.index(seed)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise DiffinvError(f"{name} must be an integer, got {seed!r}")
+
+
 def batch_generators(
     seed: int | Sequence[torch.Generator], batch: int, start: int = 0
 ) -> list[torch.Generator]:
     """Normalise a seed or a list of generators to ``batch`` per-image generators.
 
-    An int seed gives the generators of image indices ``start .. start + batch - 1``.
+    An int seed gives the generators of image indices ``start .. start + batch - 1``; anything
+    else must be a sequence of exactly ``batch`` ``torch.Generator`` (other seeds: see
+    :func:`check_seed`).
     """
-    if isinstance(seed, int):
-        return image_generators(seed, range(start, start + batch))
-    gens = list(seed)
-    if len(gens) != batch:
-        raise ValueError(f"got {len(gens)} generators for a batch of {batch}")
-    return gens
+    from diffinv.errors import DiffinvError, ShapeError
+
+    if isinstance(seed, Iterable) and not isinstance(seed, str | bytes | torch.Tensor):
+        gens = list(seed)
+        bad = [g for g in gens if not isinstance(g, torch.Generator)]
+        if bad:
+            raise DiffinvError(f"seed must be an integer or one torch.Generator per image, got a "
+                               f"{type(seed).__name__} holding {bad[0]!r}")
+        if len(gens) != batch:
+            raise ShapeError(f"got {len(gens)} generators for a batch of {batch}")
+        return gens
+    return image_generators(check_seed(seed), range(start, start + batch))
 
 
 def _stacked(draw, shape_per_image: Sequence[int], generators: Sequence[torch.Generator],

@@ -152,6 +152,9 @@ def make_fid(task_path: str | os.PathLike[str], n_images: int, *,
     plan = restore_plan(task_path, "--fid scores restorations", n_images, 2,
                         "a number of images >= 2")
     part = parse_shard(shard) if shard else (0, 1)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise BenchConfigError(f"bad batch size {batch_size!r}: expected an integer >= 1")
     batch = int(batch_size or plan.batch_size)
     cells = select_cells(plan.cells, only)
     ctx, resolved = restore_context(plan, cells)

@@ -121,6 +121,8 @@ def restore_plan(task_path: str | os.PathLike[str], purpose: str, n_images: Any,
                  wanted: str) -> Plan:
     """Load a task file for an option that recomputes restorations (``--gallery``, ``--fid``):
     it must be a "restore" run and ``n_images`` an int >= ``minimum`` (``wanted`` says so)."""
+    from diffinv.checks import check_output_folder
+
     plan = load_plan(task_path)
     if plan.kind.name != "restore":
         raise BenchConfigError(f"{purpose}: {plan.task.path} is a {plan.kind.name!r} run, "
@@ -128,12 +130,13 @@ def restore_plan(task_path: str | os.PathLike[str], purpose: str, n_images: Any,
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < minimum:
         flag = purpose.split()[0]
         raise BenchConfigError(f"{flag} takes {wanted}; got {n_images!r}")
+    check_output_folder(plan.out_dir, replace=False)
     return plan
 
 
 def restore_context(plan: Plan, cells: Sequence[Cell]) -> tuple[RunContext, Any]:
     """The run context and resolved identities with which ``diffinv bench`` computed the rows of
-    ``cells`` (one process, PSNR only), for recomputing them."""
+    ``cells`` (one process, PSNR only), for recomputing them; every cell is rehearsed first."""
     from diffinv.bench.kinds import restore
     from diffinv.bench.runner import resolve_all
 
@@ -141,7 +144,9 @@ def restore_context(plan: Plan, cells: Sequence[Cell]) -> tuple[RunContext, Any]
                      device=run_device(plan.device, os.environ), options=dict(plan.options),
                      metrics=["psnr"], shard=(0, 1))
     restore.validate(ctx, cells)
-    return ctx, resolve_all(plan, ctx)
+    resolved = resolve_all(plan, ctx)
+    restore.rehearse(ctx, cells)
+    return ctx, resolved
 
 
 def _recompute(ctx: RunContext, cell: Cell, sizes: Sequence[int]) -> tuple[Any, ...]:

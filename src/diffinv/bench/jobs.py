@@ -80,6 +80,10 @@ class JobKind:
     resolve: ``resolve(ctx, axis, entry, cell)``: extra identity of an axis value in a cell,
         computed at run time (e.g. a prior's SHA-256, or what a method's preset sets for the
         cell's operator); it is part of the unit key and stored in every row.
+    rehearse: ``rehearse(ctx, cells)``, called after ``resolve`` with the cells that have work
+        to do and before the first row is written: tries each cell as far as it can go without
+        real work (restore: every check a solver makes on entry), so a cell that would fail at
+        its first unit stops the run before any row (raises a DiffinvError).
     """
 
     name: str
@@ -95,6 +99,7 @@ class JobKind:
     statistic: str = "mean"
     validate: ValidateFn | None = None
     resolve: ResolveFn | None = None
+    rehearse: ValidateFn | None = None
     description: str = ""
 
 
@@ -145,11 +150,11 @@ def _load_builtins() -> None:
 def import_plugins(modules: Sequence[str]) -> None:
     """Import the modules that register job kinds; a missing one is a clear error."""
     for mod in modules:
-        if not isinstance(mod, str) or not mod:
-            raise BenchConfigError(f"plugin {mod!r}: expected a module name")
+        if not isinstance(mod, str) or not mod.strip() or mod.startswith("."):
+            raise BenchConfigError(f"plugin {mod!r}: expected an (absolute) module name")
         try:
             importlib.import_module(mod)
-        except ModuleNotFoundError as e:
+        except ImportError as e:  # not found, or it failed to import what it needs
             raise BenchConfigError(f"plugin module {mod!r} cannot be imported: {e}") from None
 
 

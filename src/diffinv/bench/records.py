@@ -76,16 +76,22 @@ class RecordWriter:
     """Appends rows to one file, durably; holds an exclusive lock on it while open.
 
     On open, a partial last line left by a killed writer is truncated away (with a note on
-    stderr). Each :meth:`write` appends one line, flushes and fsyncs before returning.
+    stderr). Each :meth:`write` appends one line, flushes and fsyncs before returning. A file (and
+    the folders) that opening created are removed again on close when no row was written, so a
+    run that fails before its first row leaves nothing behind.
     """
 
     def __init__(self, path: Path):
         self.path = path
         self._f: IO[bytes] | None = None
+        self._made: list[Path] = []  # what opening created: the folders, then the file
+        self._written = 0
 
     def __enter__(self) -> RecordWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+b")  # noqa: SIM115 - closed in __exit__
+        missing = [p for p in reversed(self.path.parents) if not p.exists()]
+        self._made = [*missing, *([] if self.path.exists() else [self.path])]
+        self._written = 0
+        f = _open_append(self.path)
         try:
             _lock(f, self.path)
             f.seek(0)
@@ -99,6 +105,8 @@ class RecordWriter:
                 os.fsync(f.fileno())
         except BaseException:
             f.close()
+            self._made = [p for p in self._made if p != self.path]  # another writer's file
+            self._remove_made()
             raise
         self._f = f
         return self
@@ -109,6 +117,7 @@ class RecordWriter:
         self._f.write(line.encode())
         self._f.flush()
         os.fsync(self._f.fileno())
+        self._written += 1
 
     def write_all(self, rows: Iterable[dict[str, Any]]) -> None:
         for r in rows:
@@ -116,8 +125,36 @@ class RecordWriter:
 
     def __exit__(self, *exc: object) -> None:
         if self._f is not None:
+            if self._written == 0:  # removed while still locked: no other writer has it
+                self._remove_made()
             self._f.close()
             self._f = None
+
+    def _remove_made(self) -> None:
+        """Remove what opening created, if it is still empty (file: no bytes; folder: no
+        entries), deepest first."""
+        for p in reversed(self._made):
+            try:
+                if p == self.path and p.is_file() and p.stat().st_size == 0:
+                    p.unlink()
+                elif p != self.path and p.is_dir() and not any(p.iterdir()):
+                    p.rmdir()
+            except OSError:
+                break
+        self._made = []
+
+
+def _open_append(path: Path) -> IO[bytes]:
+    """``path`` opened for appending, its folder made first (again, should another worker's
+    failed start remove that folder, still empty, in between)."""
+    for _ in range(2):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return open(path, "a+b")  # noqa: SIM115 - the writer closes it
+        except FileNotFoundError:
+            pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "a+b")  # noqa: SIM115
 
 
 def _lock(f: IO[bytes], path: Path) -> None:

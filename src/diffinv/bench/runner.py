@@ -1,10 +1,13 @@
 """Run a task file: resume, split across workers, write rows as they come, render the report.
 
-Order of work: the plan is loaded and checked, the job kind validates names and resolves the
-identity of each axis value (nothing is written before all of this succeeds); the rows already in
-any file of the run are read; this worker's units (index % workers == worker) that have no row
+Order of work: the plan is loaded and checked, its output folder is checked (not a file, not
+under a file, creatable), the job kind validates names and resolves the identity of each axis
+value; the rows already in any file of the run are read; the job kind rehearses the cells that
+have work left (restore: each solver up to its first network evaluation), so nothing is written
+before all of this succeeds. Then this worker's units (index % workers == worker) that have no row
 yet are done cell by cell in batches of ``batch_size``; each unit's row is appended and fsync'd
-as soon as its batch returns. Finally the report of all rows of the run is rendered.
+as soon as its batch returns. Finally the report of all rows of the run is rendered. A run that
+fails before its first row leaves no results file (nor a folder made for it) behind.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from diffinv.bench.plan import (
 from diffinv.bench.records import RecordWriter, read_records, record_path, run_files
 from diffinv.bench.report import Report, build_report, write_report
 from diffinv.bench.spec import Cell
+from diffinv.checks import check_output_folder
 from diffinv.errors import DiffinvError
 from diffinv.seeding import image_seed
 
@@ -162,6 +166,7 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
     shard_t = parse_shard(shard)
     rank_t = env_rank(env)
     plan = load_plan(task_path)
+    check_output_folder(plan.out_dir, replace=False)  # a file, under a file, not creatable
     if not report_only:
         plan = override_device(plan, device)
     if batch_size is not None:
@@ -206,6 +211,8 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
             skipped += len(mine) - len(left)
             todo += [(cell, left[s:s + bs]) for s in range(0, len(left), bs)]
     n_todo = sum(len(ix) for _, ix in todo)
+    if todo and plan.kind.rehearse is not None:  # what would fail at its first unit fails now
+        plan.kind.rehearse(ctx, list({id(c): c for c, _ in todo}.values()))
     path = record_path(plan.out_dir, plan.name, worker)
     print(f"diffinv bench {plan.name}: {len(selected)} of {len(plan.cells)} cell(s); worker {k}/{m}: "
           f"{skipped} done, {n_todo} to do -> {path}", file=sys.stderr)

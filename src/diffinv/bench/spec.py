@@ -69,7 +69,9 @@ task file format (TOML; grid lists come first: keys written after [run] belong t
   batch_size = 8                          # images per solver call
   device = "cpu"                          # or "cuda"
 
-Every name, parameter and (method, task) pair is checked before anything is written."""
+Every name, parameter and (method, task) pair is checked, and every cell is tried up to its
+solver's first network evaluation (a blind operator, a noise model the solver does not handle,
+steps = 0), before anything is written; so is the output folder."""
 
 
 def canonical_json(obj: Any) -> str:
@@ -199,12 +201,17 @@ class TaskFile:
 def read_task_file(path: str | Path) -> TaskFile:
     """Parse a task file; a missing file or malformed TOML raises :class:`BenchConfigError`."""
     p = Path(path)
+    if p.is_dir():
+        raise BenchConfigError(f"{p} is a folder; a task file (a .toml file) is expected, e.g. "
+                               "benchmarks/tasks/linear.toml")
     if not p.is_file():
         raise BenchConfigError(f"task file not found: {p}")
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise BenchConfigError(f"malformed TOML in {p}: {e}") from None
+    except OSError as e:
+        raise BenchConfigError(f"cannot read task file {p}: {e.strerror or e}") from None
     run = raw.pop("run", None)
     if run is None:
         raise BenchConfigError(f"{p}: missing the [run] table")

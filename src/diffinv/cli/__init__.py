@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
 from diffinv.errors import DiffinvError
@@ -41,10 +42,13 @@ def positive_int(text: str) -> int:
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """``--threads N``: torch's CPU thread count for the command (applied by :func:`main` before
     the command runs; default: torch's own choice, all cores). On a shared machine, one thread
-    per process and one process per core (``--shard``) is usually the fastest use of the cores."""
+    per process and one process per core (``--shard``) is usually the fastest use of the cores.
+    More threads than the machine's cores (``os.cpu_count()``) only oversubscribe them (10000
+    hung a solve), so :func:`main` caps N there and says so on stderr."""
     parser.add_argument("--threads", metavar="N", type=positive_int, default=None,
-                        help="torch CPU threads (default: torch's choice, every core); with "
-                             "several processes on one machine give each 1")
+                        help="torch CPU threads, at most the machine's cores (default: torch's "
+                             "choice, every core); with several processes on one machine give "
+                             "each 1")
 
 
 def int_list(text: str) -> list[int]:
@@ -93,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     if threads:
         import torch
 
-        torch.set_num_threads(int(threads))
+        from diffinv.resources import cap_threads
+
+        used, cores = cap_threads(int(threads))
+        if used < threads:
+            print(f"diffinv {args.command}: warning: --threads {threads} exceeds the {cores} CPU "
+                  f"core(s) of this machine; using {used}", file=sys.stderr)
+        torch.set_num_threads(used)
     try:
         return int(args.func(args) or 0)
     except DiffinvError as e:
@@ -102,6 +112,76 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"diffinv {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+# ------------------------------------------------------------- argparse types of the trainers
+def _finite(text: str, rule: str, ok) -> float:
+    """``text`` as a finite float satisfying ``ok``, else a usage error saying ``rule``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number {rule}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate, a temperature)."""
+    return _finite(text, "> 0", lambda v: v > 0)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (a noise level, a loss weight)."""
+    return _finite(text, ">= 0", lambda v: v >= 0)
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1) (an EMA decay, a momentum, a dropout probability)."""
+    return _finite(text, "in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (warm-up steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_int_list(text: str) -> list[int]:
+    """argparse type: one or more comma-separated integers >= 1, e.g. ``1,2,2,2``."""
+    values = int_list(text)
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected one or more comma-separated integers >= 1 "
+                                         f"such as 1,2,2, got {text!r}")
+    return values
+
+
+def file_name(text: str) -> str:
+    """argparse type: a plain file name, written into an export folder (no ``/``, no ``..``)."""
+    from diffinv.learn.checkpoint import check_export_name
+
+    try:
+        return check_export_name(text, "name")
+    except DiffinvError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def training_data_set(name: str, option: str = "--dataset") -> str:
+    """The canonical name of the data set a trainer trains on (its whole train split); a
+    ``DATASET:SPLIT[:INDICES]`` selection is refused with what to give instead."""
+    from diffinv.data import canonical_name
+
+    if ":" in name:
+        base = name.split(":", 1)[0]
+        raise DiffinvError(f"{option} {name!r}: the trainers use the whole train split of a data "
+                           f"set; give its name only, e.g. {option} {base} (DATASET:SPLIT:INDICES "
+                           "selections are for diffinv measure)")
+    return canonical_name(name)
 
 
 if __name__ == "__main__":  # pragma: no cover

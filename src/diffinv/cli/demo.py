@@ -20,7 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help=HELP, description=HELP + ". DPS runs 1000 network calls: "
                        "about a minute on a CPU (--solver ddrm: seconds). Writes demo.png "
                        "(truth | measurement | result) and metrics.json into the output folder.")
-    p.add_argument("-o", "--output", default="out/demo", help="output folder")
+    p.add_argument("-o", "--output", default="out/demo", help="output folder (default "
+                   "out/demo), written whole when the demo succeeds")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output folder that an earlier demo wrote (never a folder "
+                   "holding other files, nor the working folder)")
     p.add_argument("--prior", default="fashion32", help="embedded prior name or weights path")
     p.add_argument("--solver", default="dps", help="solver name (see `diffinv solve --help`)")
     p.add_argument("--operator", default="gaussian-blur",
@@ -32,6 +36,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_demo_prior(prior) -> None:
+    """Refuse a prior that is not an image prior of a domain with bundled demo images (e.g. the
+    ``kernels9`` blur-kernel prior), before anything runs."""
+    from diffinv.data.datasets import canonical_name
+    from diffinv.data.demo import demo_domains
+    from diffinv.errors import DiffinvError
+
+    domains = demo_domains()
+    try:
+        domain = canonical_name(str(prior.domain))
+    except DiffinvError:
+        domain = None
+    if domain in domains and tuple(prior.image_shape) == (1, 32, 32):
+        return
+    what = ("a prior of blur kernels" if str(prior.domain).startswith("kernels")
+            else f"a prior of domain {prior.domain!r}")
+    raise DiffinvError(f"prior {prior.name!r} is {what} ({'x'.join(map(str, prior.image_shape))}), "
+                       f"not an image prior of a domain with bundled demo images "
+                       f"({', '.join(domains)}): the demo needs an image prior such as "
+                       f"{' or '.join(domains)}; use `diffinv measure` and `diffinv solve` for "
+                       "your own images")
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -39,13 +66,15 @@ def run(args: argparse.Namespace) -> int:
     from diffinv.data import demo_images, save_panel
     from diffinv.diffusion.zoo import load_prior
     from diffinv.errors import DiffinvError
+    from diffinv.fileio import atomic_folder
     from diffinv.metrics import get_metric
     from diffinv.physics import make_operator, measure
     from diffinv.solvers import make_solver
     from diffinv.solvers.presets import auto_preset
 
-    out = check_output_folder(args.output, replace=False)
+    out = check_output_folder(args.output, overwrite=args.overwrite)
     prior = load_prior(args.prior)
+    check_demo_prior(prior)
     images, indices = demo_images(prior.domain)
     if not 1 <= args.n <= len(images):
         raise DiffinvError(f"-n must lie in 1..{len(images)}")
@@ -55,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
     solver = make_solver(args.solver, preset=preset, operator=args.operator)
     solver.progress = True
     result = solver(m.y, m.public(), prior, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
     psnr, ssim = get_metric("psnr"), get_metric("ssim")
     y_img = m.y if m.y.shape == x.shape else None
     report = {
@@ -67,8 +95,10 @@ def run(args: argparse.Namespace) -> int:
     }
     if y_img is not None:
         report["psnr_of_y"] = [round(v, 3) for v in psnr(y_img, x).tolist()]
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    panel = save_panel([x, m.y, result.x], out / "demo.png")
+    with atomic_folder(out, overwrite=args.overwrite) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        save_panel([x, m.y, result.x], tmp / "demo.png")
+    panel = out / "demo.png"
     mean = sum(report["psnr"]) / len(report["psnr"])
     print(f"{args.solver} with prior {prior.name} (sha256 {str(prior.sha256)[:12]}) on "
           f"{args.operator} + {args.noise}: mean PSNR {mean:.2f} dB, "

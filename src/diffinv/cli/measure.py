@@ -67,6 +67,33 @@ def print_models() -> None:
         print(f"  {name:<{w}}  {desc}")
 
 
+def check_files_fit(paths: list[str], size: int | None, channels: int,
+                    operator: str | None) -> None:
+    """Refuse, before reading any, image files whose measuring would not fit in memory: each is
+    ``size`` x ``size`` once read (without ``--size``: its own size, from the file's header), and
+    measuring needs a multiple of their float32 bytes (:func:`diffinv.resources.measure_bytes`)."""
+    from diffinv.resources import check_memory, measure_bytes
+
+    dims = [(size, size) if size else _header_size(p) for p in paths]
+    total = sum(measure_bytes(1, channels, h, w, operator) for h, w in dims)
+    shown = dims[0] if len(set(dims)) == 1 else max(dims, key=lambda d: d[0] * d[1])
+    check_memory(total, f"measuring {len(paths)} image(s) of {channels}x{shown[0]}x{shown[1]}"
+                 f"{' (the largest)' if len(set(dims)) > 1 else ''} with {operator or 'the operator'}",
+                 hint="choose a smaller --size or fewer images")
+
+
+def _header_size(path: str) -> tuple[int, int]:
+    """(height, width) of an image file from its header (nothing decoded); (0, 0) when unreadable
+    (reading it reports why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.height), int(im.width)
+    except Exception:  # noqa: BLE001 -- read_image says what is wrong with the file
+        return 0, 0
+
+
 def run(args: argparse.Namespace) -> int:
     from diffinv.errors import DiffinvError
 
@@ -98,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from diffinv.data.images import read_image
 
+        check_files_fit(args.images, args.size, args.channels, getattr(op, "registry_name", None))
         xs = [read_image(p, size=args.size, channels=args.channels) for p in args.images]
         if len({tuple(t.shape) for t in xs}) > 1:
             raise DiffinvError("the images differ in size; pass --size to resize them")

@@ -33,13 +33,14 @@ def _epilog() -> str:
              "settings (--preset none); a 'tuned32:' line what the tuned32 preset, the default "
              "for the embedded priors, changes (for all operators, then per operator):"]
     for name, summary, req in list_solvers():
-        need = ", ".join(req) if req else "any operator (differentiable)"
+        need = ", ".join(req) if req else "any known operator"
         lines.append(f"  {name:<10} [{need}] {summary}")
         preset = _preset_line(name)
         if preset:
             lines.append(f"  {'':<10} {preset}")
     lines.append("linear+SVD operators: identity, sr-avgpool, inpaint-random, inpaint-box, and "
                  "blur / gaussian-blur / motion-blur with circular boundary")
+    lines.append("a known operator: one that is not blind (the record holds its parameters)")
     return "\n".join(lines)
 
 
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from diffinv.physics import load_measurement
     from diffinv.physics.measurement import png_view
     from diffinv.solvers import make_solver
+    from diffinv.solvers.base import check_reserved
     from diffinv.solvers.presets import auto_preset, preset_params
 
     out = check_output_folder(args.output, overwrite=args.overwrite, inputs=[args.measurement])
@@ -94,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     m = load_measurement(args.measurement)
     truth = m.x
     settings = parse_settings(args.param)
+    check_reserved(settings)
     if args.blind:
         settings["blind"] = True
     if args.early_stop:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffinv.cli import positive_int
+from diffinv.cli import fraction, non_negative_float, positive_float, positive_int
 
 HELP = "train or resume DAVI's amortised one-step posterior sampler for one task"
 
@@ -33,20 +33,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, choices=list(TASKS),
                    help="the inverse problem the generator is trained for")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, train_log.jsonl)")
-    p.add_argument("--steps", type=int, default=2000, help="total alternating iterations")
-    p.add_argument("--batch", type=int, default=8, help="global batch size")
-    p.add_argument("--lr", type=float, default=1e-4, help="generator learning rate")
-    p.add_argument("--s-lr", type=float, default=1e-4, help="implicit score learning rate")
-    p.add_argument("--d-lr", type=float, default=1e-4, help="discriminator learning rate (--gan)")
-    p.add_argument("--ema-decay", type=float, default=0.999,
+    p.add_argument("--steps", type=positive_int, default=2000, help="total alternating iterations")
+    p.add_argument("--batch", type=positive_int, default=8, help="global batch size")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="generator learning rate")
+    p.add_argument("--s-lr", type=positive_float, default=1e-4,
+                   help="implicit score learning rate")
+    p.add_argument("--d-lr", type=positive_float, default=1e-4,
+                   help="discriminator learning rate (--gan)")
+    p.add_argument("--ema-decay", type=fraction, default=0.999,
                    help="decay of the exponential moving average of the weights (what is exported)")
-    p.add_argument("--t-ikl", type=int, default=None, help="IKL times are uniform below this")
-    p.add_argument("--weight-con", type=float, default=None, help="measurement-consistency weight")
-    p.add_argument("--reg-coeff", type=float, default=None,
+    p.add_argument("--t-ikl", type=positive_int, default=None,
+                   help="IKL times are uniform below this (1..1000)")
+    p.add_argument("--weight-con", type=non_negative_float, default=None,
+                   help="measurement-consistency weight")
+    p.add_argument("--reg-coeff", type=non_negative_float, default=None,
                    help="weight of the clean-image MSE term (0: off)")
-    p.add_argument("--perturb-h", type=float, default=0.1,
-                   help="noise level h of the Perturbed Posterior Bridge")
-    p.add_argument("--sigma", type=float, default=0.05, help="measurement noise std ([-1,1] units)")
+    p.add_argument("--perturb-h", type=non_negative_float, default=0.1,
+                   help="noise level h of the Perturbed Posterior Bridge (>= 0)")
+    p.add_argument("--sigma", type=non_negative_float, default=0.05,
+                   help="measurement noise std ([-1,1] units, >= 0)")
     p.add_argument("--kl-schedule", choices=["linear", "i2sb"], default="linear",
                    help="schedule of the KL branch: the teacher's (linear) or the official i2sb")
     p.add_argument("--bridge", type=_flag, default=True, metavar="on|off",
@@ -61,13 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write the checkpoint every this many steps")
     p.add_argument("--log-every", type=positive_int, default=10,
                    help="append a line to train_log.jsonl every this many steps")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    p.add_argument("--max-steps-this-run", type=int, default=None,
+    p.add_argument("--max-steps-this-run", type=positive_int, default=None,
                    help="stop after this many steps (checkpointed); rerun to continue")
     p.add_argument("--export", metavar="DIR", default=None,
-                   help="when done, export the EMA generator as DIR/davi-PRIOR-OPERATOR"
-                   ".safetensors + .json (the card)")
+                   help="a folder: when done, export the EMA generator into it as "
+                   "DIR/davi-PRIOR-OPERATOR.safetensors + .json (the card)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -78,10 +83,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from diffinv.learn.davi_trainer import DaviConfig, export_davi, train_davi
+    from diffinv.learn.checkpoint import check_export
+    from diffinv.learn.davi_trainer import DaviConfig, export_davi, export_name, train_davi
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.export:
+        check_export(args.export, export_name(args.prior, args.task))
     cfg = DaviConfig(prior=args.prior, task=args.task, out=args.out, steps=args.steps,
                      batch=args.batch, lr=args.lr, s_lr=args.s_lr, d_lr=args.d_lr,
                      ema_decay=args.ema_decay, t_ikl=args.t_ikl, weight_con=args.weight_con,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from diffinv.cli import int_list, positive_int
+from diffinv.cli import (
+    fraction,
+    int_list,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    positive_int_list,
+)
 
 HELP = "train or resume an eps-prediction UNet prior (EMA, checkpoints, torchrun DDP)"
 
@@ -23,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=positive_int, default=10_000, help="total optimisation steps")
     p.add_argument("--batch", type=positive_int, default=64, help="global batch size")
-    p.add_argument("--lr", type=float, default=6e-4, help="AdamW learning rate")
+    p.add_argument("--lr", type=positive_float, default=6e-4, help="AdamW learning rate")
     p.add_argument(
         "--lr-schedule",
         choices=["constant", "cosine"],
@@ -32,17 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--decay-start",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="cosine only: constant lr until this step, then the decay (resume a constant-lr "
         "run into a final decay with --steps STEP+N --decay-start STEP)",
     )
-    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
-    p.add_argument("--ema-decay", type=float, default=0.999,
+    p.add_argument("--warmup", type=non_negative_int, default=200,
+                   help="linear learning-rate warm-up steps")
+    p.add_argument("--ema-decay", type=fraction, default=0.999,
                    help="decay of the exponential moving average of the weights (what is exported)")
     p.add_argument("--base-channels", type=positive_int, default=32,
                    help="UNet channels of the first level")
-    p.add_argument("--channel-mults", type=int_list, default=[1, 2, 2, 2],
+    p.add_argument("--channel-mults", type=positive_int_list, default=[1, 2, 2, 2],
                    help="comma-separated channel multipliers, one per level (each level after "
                    "the first halves the resolution), e.g. 1,2,2,2")
     p.add_argument("--num-res-blocks", type=positive_int, default=2,
@@ -50,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attention", type=int_list, default=[8],
                    help="comma-separated feature-map sizes with self-attention: the image size "
                    "halved per level, e.g. 32,16,8,4 for 32x32 images and 4 levels (default 8)")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout in the residual blocks")
+    p.add_argument("--dropout", type=fraction, default=0.0,
+                   help="dropout probability in the residual blocks, in [0, 1)")
     p.add_argument("--seed", type=int, default=0,
                    help="run seed: the initial weights and the draws of every step derive from it")
     p.add_argument(
@@ -61,13 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ckpt-every", type=positive_int, default=250,
                    help="write the checkpoint every this many steps")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
     )
     p.add_argument(
         "--max-steps-this-run",
-        type=int,
+        type=positive_int,
         default=None,
         help="stop after this many steps (checkpointed); rerun to continue",
     )
@@ -75,7 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--export",
         metavar="DIR",
         default=None,
-        help="when done, export the EMA weights as DIR/<dataset>.safetensors + .json",
+        help="a folder: when done, export the EMA weights into it as DIR/<dataset>.safetensors "
+        "+ DIR/<dataset>.json (the folder is created; files of those names are replaced)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -84,15 +94,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from diffinv.checks import check_output_folder
-    from diffinv.data import canonical_name
+    from diffinv.cli import training_data_set
+    from diffinv.learn.checkpoint import check_export
     from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = canonical_name(args.dataset)
+    name = training_data_set(args.dataset)
     if args.export:
-        check_output_folder(args.export, replace=False)
+        check_export(args.export, name)
     cfg = TrainConfig(
         dataset=name,
         out=args.out,

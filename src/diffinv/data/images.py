@@ -1,7 +1,9 @@
 """Reading and writing image files, and folders of users' own images.
 
 Files are read with Pillow, centre-cropped to a square, resized (Lanczos/antialiased) to
-``size`` and scaled to [-1, 1]; ``channels`` = 1 converts to gray, 3 to RGB.
+``size`` and scaled to [-1, 1]; ``channels`` = 1 converts to gray, 3 to RGB. 8-bit files map
+0..255 to [-1, 1]; 16-bit gray files (Pillow modes ``I;16*``, or ``I`` with values within
+0..65535) map 0..65535 to [-1, 1] and are resized in floating point.
 """
 
 from __future__ import annotations
@@ -19,9 +21,42 @@ from diffinv.errors import DiffinvError, MissingAssetError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+#: Pillow modes of 16-bit gray images (``I`` holds 32-bit integers: taken as 16-bit when its
+#: values lie within 0..65535, which is how Pillow opens some 16-bit PNG and TIFF files)
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+WIDE_MAX = 65535
+
+
+def _crop_resize(im: Image.Image, size: int | None) -> Image.Image:
+    if size is None:
+        return im
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return im.resize((size, size), Image.Resampling.LANCZOS) if s != size else im
+
+
+def _read_wide_gray(im: Image.Image, path: Path, size: int | None) -> np.ndarray:
+    """A 16-bit gray image as float32 in [0, 255] (the 8-bit scale), resized in float."""
+    arr = np.asarray(im).astype(np.float64)
+    if arr.size and (arr.min() < 0 or arr.max() > WIDE_MAX):
+        raise DiffinvError(f"cannot read image {path}: its 32-bit integer pixels lie in "
+                           f"[{arr.min():.0f}, {arr.max():.0f}], beyond the 16-bit range "
+                           f"0..{WIDE_MAX}; save it as an 8- or 16-bit image")
+    scaled = Image.fromarray((arr * (255.0 / WIDE_MAX)).astype(np.float32))
+    return np.clip(np.asarray(_crop_resize(scaled, size), dtype=np.float32), 0.0, 255.0)
+
+
 def read_image(path: str | Path, size: int | None = None, channels: int = 1) -> torch.Tensor:
-    """One image file -> (1, C, size, size) float32 in [-1, 1]."""
+    """One image file -> (1, C, size, size) float32 in [-1, 1].
+
+    8-bit files are scaled from 0..255 and 16-bit gray files from 0..65535 (see the module
+    docstring); a floating-point image (Pillow mode ``F``), whose scale is unknown, is refused.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DiffinvError(f"{path} is a folder, not an image file (give image files, or "
+                           "--dataset for a data set)")
     if not path.is_file():
         raise MissingAssetError(f"image file {path} does not exist")
     if channels not in (1, 3):
@@ -30,17 +65,20 @@ def read_image(path: str | Path, size: int | None = None, channels: int = 1) -> 
         check_count(size, "size")
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if size is not None:
-                w, h = im.size
-                s = min(w, h)
-                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-                if s != size:
-                    im = im.resize((size, size), Image.Resampling.LANCZOS)
-            arr = np.asarray(im, dtype=np.uint8)
+            if im.mode == "F":
+                raise DiffinvError(f"cannot read image {path}: it holds floating-point pixels "
+                                   "(mode F) whose scale is unknown; save it as an 8- or 16-bit "
+                                   "image")
+            if im.mode in WIDE_GRAY_MODES:
+                arr = _read_wide_gray(im, path, size)
+                if channels == 3:
+                    arr = np.repeat(arr[..., None], 3, axis=-1)
+            else:
+                im = _crop_resize(im.convert("L" if channels == 1 else "RGB"), size)
+                arr = np.asarray(im, dtype=np.uint8)
     except OSError as e:
         raise DiffinvError(f"cannot read image {path}: {e}") from e
-    x = torch.from_numpy(arr.copy()).float().div_(127.5).sub_(1.0)
+    x = torch.from_numpy(arr.astype(np.float32)).div_(127.5).sub_(1.0)
     return x.reshape(1, 1, *arr.shape) if channels == 1 else x.permute(2, 0, 1).unsqueeze(0)
 
 

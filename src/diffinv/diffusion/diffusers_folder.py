@@ -11,6 +11,22 @@ Accepted layouts:
 
 Only safetensors weights are read (a ``.bin`` file is a pickle: it is refused, never unpickled).
 
+**Scheduler class.** The scheduler config's ``_class_name`` is read first, and only the classes
+whose config means the discrete-time VP schedule modelled here (T trained timesteps, betas,
+``abar_t``, an eps / v / x0 network called with the integer timestep) are accepted
+(:data:`SUPPORTED_SCHEDULERS`): ``DDPMScheduler``, ``DDIMScheduler``, their ``Parallel`` variants
+(the same configs, batched sampling) and ``PNDMScheduler`` (the same schedule keys; it has no
+``clip_sample``, so diffinv's clamp of the Tweedie estimate applies). Everything else is refused
+by name: variance-exploding and EDM schedulers (``ScoreSdeVeScheduler``, ``EDMEulerScheduler``,
+whose networks take sigmas), flow matching (``FlowMatchEulerDiscreteScheduler``), the
+``Euler*``/``DPMSolver*``/``UniPC``... family (continuous or remapped timesteps, flow sigmas,
+Karras sigmas: what their configs mean depends on keys this loader does not model) and the
+consistency schedulers (``LCMScheduler``, ``TCDScheduler``: boundary-condition networks). A config
+without ``_class_name`` is refused too. Missing keys of an accepted class take diffusers' defaults,
+which are the same for all of them (T = 1000, linear betas 1e-4..0.02, epsilon); betas that come
+from those defaults are labelled ``"linear (defaulted)"`` in ``prior.schedule.kind``, never
+``"trained"`` (which means ``trained_betas``).
+
 **Schedule.** ``num_train_timesteps`` T; ``beta_schedule`` ``"linear"`` (``linspace(beta_start,
 beta_end, T)``, as diffusers: no 1000/T rescaling), ``"scaled_linear"`` (``linspace(sqrt(beta_start),
 sqrt(beta_end), T)^2``), ``"squaredcos_cap_v2"`` (the cosine schedule, betas capped at 0.999), or
@@ -46,9 +62,12 @@ VARIANCE_MAP = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
                 "fixed_large": "fixed_large", "fixed_large_log": "fixed_large",
                 "learned_range": "learned_range"}
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
+#: scheduler classes whose config means the VP schedule modelled here (module docstring)
+SUPPORTED_SCHEDULERS = ("DDIMParallelScheduler", "DDIMScheduler", "DDPMParallelScheduler",
+                        "DDPMScheduler", "PNDMScheduler")
 #: diffusers' DDPMScheduler defaults (used when a folder has no scheduler config)
-DDPM_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
-                 "beta_schedule": "linear", "prediction_type": "epsilon",
+DDPM_DEFAULTS = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 1e-4,
+                 "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "epsilon",
                  "variance_type": "fixed_small", "clip_sample": True}
 
 
@@ -102,7 +121,18 @@ def diffusers_betas(cfg: dict[str, Any]) -> torch.Tensor:
 
 
 def check_scheduler(cfg: dict[str, Any]) -> None:
-    """Refuse scheduler settings the VP prior cannot represent, naming the setting."""
+    """Refuse a scheduler class not in :data:`SUPPORTED_SCHEDULERS` and settings the VP prior
+    cannot represent, naming the class or the setting."""
+    cls = cfg.get("_class_name")
+    supported = ", ".join(SUPPORTED_SCHEDULERS)
+    if cls is None:
+        raise DiffinvError("the diffusers scheduler config names no scheduler class (_class_name); "
+                           "diffinv cannot tell what its settings mean. Supported: "
+                           f"{supported} (add \"_class_name\": \"DDPMScheduler\" if it is one)")
+    if cls not in SUPPORTED_SCHEDULERS:
+        raise DiffinvError(f"diffusers scheduler {cls} is not supported: diffinv models "
+                           "discrete-time VP (DDPM-family) schedules only; supported: "
+                           f"{supported}")
     if cfg.get("rescale_betas_zero_snr"):
         raise DiffinvError("diffusers scheduler rescale_betas_zero_snr=true is not supported "
                            "(a zero terminal SNR has no VP noise level)")
@@ -119,6 +149,16 @@ def check_scheduler(cfg: dict[str, Any]) -> None:
                            f"{', '.join(VARIANCE_MAP)})")
     if cfg.get("clip_sample", True) and float(cfg.get("clip_sample_range", 1.0)) != 1.0:
         raise DiffinvError("diffusers clip_sample_range other than 1 is not supported")
+
+
+def betas_label(cfg: dict[str, Any]) -> str:
+    """What ``prior.schedule.kind`` says of the betas of ``cfg``: ``"trained"`` for
+    ``trained_betas``, the ``beta_schedule`` it names, or ``"linear (defaulted)"``."""
+    if cfg.get("trained_betas") is not None:
+        return "trained"
+    if cfg.get("beta_schedule") is None:
+        return f"{DDPM_DEFAULTS['beta_schedule']} (defaulted)"
+    return str(cfg["beta_schedule"])
 
 
 class PredictionToEps(nn.Module):
@@ -169,6 +209,7 @@ def load_diffusers_prior(folder: str | Path, device: str | torch.device = "cpu",
                       "defaults (linear betas 1e-4..0.02, T = 1000, epsilon, fixed_small)",
                       RuntimeWarning, stacklevel=2)
         sched_cfg = dict(DDPM_DEFAULTS)
+        sched_cfg.pop("beta_schedule")  # so that the betas are labelled defaulted
     check_scheduler(sched_cfg)
     sha = sha256_file(weights)
     if sha256 and sha256.lower() != sha:
@@ -182,8 +223,7 @@ def load_diffusers_prior(folder: str | Path, device: str | torch.device = "cpu",
         unet = UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=True)
     except (OSError, ValueError, RuntimeError) as e:
         raise IntegrityError(f"{unet_dir}: the diffusers UNet could not be loaded: {e}") from e
-    schedule = VPSchedule(diffusers_betas(sched_cfg), kind=str(sched_cfg.get("beta_schedule",
-                                                                                "trained")))
+    schedule = VPSchedule(diffusers_betas(sched_cfg), kind=betas_label(sched_cfg))
     variance = VARIANCE_MAP[sched_cfg.get("variance_type", "fixed_small")]
     c_in, c_out = int(config.get("in_channels", 3)), int(config.get("out_channels", 3))
     if variance == "learned_range" and c_out != 2 * c_in:

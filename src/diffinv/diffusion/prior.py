@@ -28,7 +28,8 @@ from torch import nn
 
 from diffinv.checks import check_count, check_image
 from diffinv.diffusion.schedule import VPSchedule, spaced_timesteps
-from diffinv.errors import DiffinvError, NonFiniteError, UnknownNameError
+from diffinv.errors import DiffinvError, NonFiniteError, ShapeError, UnknownNameError
+from diffinv.resources import check_memory, sample_bytes
 from diffinv.seeding import batch_generators, randn
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
@@ -131,6 +132,18 @@ class DiffusionPrior(nn.Module):
         c, h, w = self.image_shape
         return check_image(x, name, channels=c, size=(h, w), finite=False)
 
+    def _check_shape(self, x_t: torch.Tensor, name: str = "x_t") -> None:
+        """Refuse a batch whose images are not of the prior's (C, H, W): the network would run on
+        them (a UNet takes any size) and return an eps of an image it never learned."""
+        if not isinstance(x_t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x_t).__name__}")
+        if tuple(x_t.shape[1:]) != self.image_shape or x_t.ndim != 4:
+            got = "x".join(str(s) for s in x_t.shape[1:]) if x_t.ndim == 4 else \
+                f"of shape {tuple(x_t.shape)}"
+            want = "x".join(str(s) for s in self.image_shape)
+            raise ShapeError(f"{name} is a batch of {got} images, but prior {self.name!r} works "
+                             f"on {want} images (C x H x W): resize or crop them to {want}")
+
     def _t(self, t: torch.Tensor | int, batch: int) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.long).reshape(-1)
         if t.numel() == 1:
@@ -149,6 +162,7 @@ class DiffusionPrior(nn.Module):
         self, x_t: torch.Tensor, t: torch.Tensor | int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(eps, v): v is the learned-range interpolation output, or None for C-channel networks."""
+        self._check_shape(x_t)
         t = self._t(t, x_t.shape[0])
         if not torch.isfinite(x_t).all():
             raise NonFiniteError(f"x_t holds NaN/Inf values at timestep {t[0].item()}")
@@ -295,7 +309,10 @@ class DiffusionPrior(nn.Module):
 
         ``method="ddpm"`` runs ancestral steps on the (respaced, if ``steps`` < T) schedule;
         ``method="ddim"`` runs DDIM steps with ``eta`` on ``steps`` spaced timesteps.
-        ``n`` and ``steps`` (default T) are integers >= 1, ``eta`` lies in [0, 1].
+        ``n`` and ``steps`` (default T) are integers >= 1, ``eta`` lies in [0, 1]. All ``n``
+        images are drawn at once: a batch whose estimated memory
+        (:func:`~diffinv.resources.sample_bytes`) exceeds what the device has available raises
+        :class:`~diffinv.errors.ResourceError` before anything is allocated.
         """
         from tqdm.auto import tqdm
 
@@ -329,6 +346,8 @@ class DiffusionPrior(nn.Module):
     def _check_sampling(self, n: int, method: str, steps: int, eta: float) -> None:
         """Refuse bad :meth:`sample` arguments before drawing anything."""
         check_count(n, "n")
+        check_memory(sample_bytes(self, n), f"sampling {n} images at once", device=self.device,
+                     hint="sample in batches (diffinv sample --batch) of fewer images")
         check_count(steps, "steps")
         if steps > self.num_timesteps:
             raise DiffinvError(f"steps must lie in 1..{self.num_timesteps}, got {steps}")

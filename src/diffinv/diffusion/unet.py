@@ -95,6 +95,18 @@ def check_attention(image_size: int, channel_mults: Sequence[int],
                 f"{', '.join(map(str, sizes))}")
 
 
+def _check_count(value: object, name: str, least: int) -> None:
+    """A UNet size: an integer >= ``least`` (a ValueError otherwise, like the other settings)."""
+    import operator
+
+    try:
+        v = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        v = None
+    if isinstance(value, bool) or v is None or v < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
 class UNet(nn.Module):
     """eps-prediction UNet; ``forward(x, t)`` with x (B, C, H, W) and t (B,) original timesteps."""
 
@@ -111,6 +123,13 @@ class UNet(nn.Module):
         learn_sigma: bool = False,
     ):
         super().__init__()
+        for name, value, least in (("in_channels", in_channels, 1), ("image_size", image_size, 1),
+                                   ("base_channels", base_channels, 1),
+                                   ("num_res_blocks", num_res_blocks, 0),
+                                   ("num_heads", num_heads, 1)):
+            _check_count(value, name, least)
+        for mult in channel_mults:
+            _check_count(mult, "every entry of channel_mults", 1)
         self.config = dict(
             in_channels=in_channels,
             image_size=image_size,

@@ -118,8 +118,12 @@ def _load_safetensors(
         raise DiffinvError(f"{path} has no config {cfg_path.name} beside it")
     try:
         meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IntegrityError(f"{cfg_path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise IntegrityError(f"{cfg_path} does not hold a JSON object (the prior's config: "
+                             "network, schedule, image shape), but a "
+                             f"{type(meta).__name__}")
     sha = sha256_file(path)
     if meta.get("sha256") and meta["sha256"] != sha:
         raise IntegrityError(
@@ -192,7 +196,11 @@ def adm_config(config: str | Path | dict) -> dict:
             f"(presets: {', '.join(sorted(ADM_PRESETS))})"
         )
     adm = meta["adm"]
-    c, size = int(adm.get("in_channels", 3)), int(adm.get("image_size", 256))
+    try:
+        c, size = int(adm.get("in_channels", 3)), int(adm.get("image_size", 256))
+    except (TypeError, ValueError):
+        raise IntegrityError(f"an ADM config's 'in_channels' and 'image_size' must be integers, "
+                             f"got {adm.get('in_channels')!r} and {adm.get('image_size')!r}") from None
     meta.setdefault("schedule", "linear")
     meta.setdefault("T", 1000)
     meta.setdefault("variance", "learned_range" if adm.get("learn_sigma", True) else "fixed_small")

@@ -33,6 +33,7 @@ with the noise standard deviation halved.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -232,7 +233,12 @@ def to_deepinv(operator: Operator, params: dict[str, Tensor] | None = None, *,
 def measurement_to_unit_range(y: Tensor, operator: Operator, params: dict[str, Tensor],
                               sigma: float) -> tuple[Tensor, float]:
     """``(y + A 1) / 2`` and ``sigma / 2``: a diffinv measurement of a *linear* operator as deepinv
-    sees it (images in ``[0, 1]``): ``A u + n / 2`` with ``u = (x + 1) / 2``."""
+    sees it (images in ``[0, 1]``): ``A u + n / 2`` with ``u = (x + 1) / 2``. ``sigma``, the
+    noise level of ``y``, must be a finite number >= 0."""
+    if (isinstance(sigma, bool) or not isinstance(sigma, numbers.Real)
+            or not math.isfinite(sigma) or sigma < 0):
+        raise DiffinvError(f"sigma must be a finite number >= 0 (the noise level of y), "
+                           f"got {sigma!r}")
     if not operator.linear:
         raise DiffinvError("only a linear operator's measurement can be moved to [0, 1] units")
     ones = torch.ones(operator.in_shape(y.shape), dtype=y.dtype, device=y.device)

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from diffinv.errors import IntegrityError
+from diffinv.checks import check_output_file, check_output_folder
+from diffinv.errors import DiffinvError, IntegrityError
 from diffinv.fileio import load_tensors_only
 
 
@@ -36,3 +37,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(obj, dict):
         raise IntegrityError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
     return obj
+
+
+def check_export_name(name: str, what: str = "export name") -> str:
+    """``name`` if it is a bare file name that stays in its export folder: not empty, no path
+    separator (``/`` or ``\\``), not ``.``/``..`` and not hidden (a leading dot)."""
+    if not name or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
+        raise DiffinvError(f"{what} {name!r} must be a plain file name: not empty, without '/' "
+                           "or '\\' and not starting with '.' (the file is written into the "
+                           "export folder)")
+    return name
+
+
+def check_export(folder: str | Path, name: str) -> Path:
+    """Check, before any work, that ``folder/NAME.safetensors`` and ``folder/NAME.json`` can be
+    written (``name``: :func:`check_export_name`); returns the folder. Creates nothing."""
+    check_export_name(name)
+    out = check_output_folder(folder, replace=False)
+    for suffix in (".safetensors", ".json"):
+        check_output_file(out / f"{name}{suffix}")
+    return out

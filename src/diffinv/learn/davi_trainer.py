@@ -46,8 +46,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffinv.errors import DiffinvError, UnknownNameError
-from diffinv.learn.checkpoint import load_checkpoint, save_atomic
+from diffinv.checks import check_count
+from diffinv.errors import DiffinvError, NonFiniteError, UnknownNameError
+from diffinv.learn.checkpoint import check_export_name, load_checkpoint, save_atomic
 from diffinv.learn.davi_losses import (
     KL_SCHEDULES,
     consistency_loss,
@@ -116,8 +117,12 @@ class DaviConfig:
             raise UnknownNameError("DAVI KL schedule", c.kl_schedule, KL_SCHEDULES)
         if c.lift not in LIFTS:
             raise UnknownNameError("DAVI measurement lift", c.lift, LIFTS)
-        if c.steps < 1 or c.batch < 1 or c.lr <= 0 or c.s_lr <= 0:
-            raise DiffinvError("steps, batch and learning rates must be positive")
+        if c.steps < 1 or c.batch < 1:
+            raise DiffinvError("steps and batch must be positive")
+        from diffinv.learn.trainer import check_numbers
+
+        check_numbers(c, positive=("lr", "s_lr", "d_lr"), fraction=("ema_decay",),
+                      non_negative=("weight_con", "reg_coeff", "perturb_h", "sigma"))
         if not 1 <= int(c.t_ikl) <= 1000:
             raise DiffinvError(f"t_ikl must lie in 1..T, got {c.t_ikl}")
         return c
@@ -324,11 +329,23 @@ def train_davi(cfg: DaviConfig, *, prior: Any = None, data: Tensor | None = None
     """
     from tqdm.auto import tqdm
 
-    from diffinv.learn.trainer import _agreed, _Dist, pick_device, stop_requests
+    from diffinv.learn.trainer import (
+        _agreed,
+        _Dist,
+        check_run_folder,
+        diverged,
+        finite_state,
+        pick_device,
+        stop_requests,
+    )
 
     cfg = cfg.resolved()
+    if max_steps_this_run is not None:
+        check_count(max_steps_this_run, "max_steps_this_run")
     ddp = _Dist()
     dev = pick_device(device)
+    state = check_run_folder(cfg.out, "train-davi", ("davi", "step"), ("prior", "task"),
+                             map_location=dev)
     if prior is None:
         from diffinv.diffusion.zoo import load_prior
 
@@ -343,9 +360,8 @@ def train_davi(cfg: DaviConfig, *, prior: Any = None, data: Tensor | None = None
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     run = Davi(cfg, prior, dev)
-    step, seconds = 0, 0.0
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, map_location=dev)
+    step, seconds, saved_step = 0, 0.0, None
+    if state is not None:
         saved = json.loads(state["config"])
         diff = [k for k in _FIXED if saved.get(k) != asdict(run.cfg).get(k)]
         if diff or state.get("prior_sha256") != prior.sha256:
@@ -353,6 +369,8 @@ def train_davi(cfg: DaviConfig, *, prior: Any = None, data: Tensor | None = None
                                f"({', '.join(diff) or 'prior weights'}); use another --out folder")
         run.load_state_dict(state["davi"])
         step, seconds = int(state["step"]), float(state.get("seconds", 0.0))
+        saved_step = step
+        del state
     if ddp.active:
         ids = [dev.index] if dev.type == "cuda" else None
         run.gen_train = nn.parallel.DistributedDataParallel(run.generator, device_ids=ids)
@@ -374,6 +392,11 @@ def train_davi(cfg: DaviConfig, *, prior: Any = None, data: Tensor | None = None
     t_last = time.time()
 
     def checkpoint() -> None:
+        nonlocal saved_step
+        nets = [run.generator, run.student, run.ema.model]
+        nets += [run.disc] if run.disc is not None else []
+        if not finite_state(*nets):
+            raise diverged(step, ckpt_path, saved_step)
         if ddp.main:
             save_atomic({"davi": run.state_dict(), "step": step, "seconds": seconds,
                          "config": json.dumps(asdict(run.cfg)), "prior_sha256": prior.sha256,
@@ -382,6 +405,7 @@ def train_davi(cfg: DaviConfig, *, prior: Any = None, data: Tensor | None = None
                          "device": str(dev), "world_size": ddp.world,
                          "threads": torch.get_num_threads(),
                          "image_shape": torch.tensor(run.image_shape)}, ckpt_path)
+        saved_step = step
 
     with stop_requests() as stop:
         while step < end:
@@ -389,9 +413,9 @@ def train_davi(cfg: DaviConfig, *, prior: Any = None, data: Tensor | None = None
             b = run.draw(data, step, slice(ddp.rank * local, (ddp.rank + 1) * local))
             logs = {**run.student_step(b), **run.generator_step(b)}
             if not all(v == v and abs(v) != float("inf") for v in logs.values()):
-                checkpoint()
-                raise DiffinvError(f"a DAVI loss became non-finite at step {step}: {logs}; the "
-                                   f"last good state is in {ckpt_path}")
+                checkpoint()  # raises when the weights are to blame: those are not saved
+                raise NonFiniteError(f"a DAVI loss became non-finite at step {step}: {logs}; the "
+                                     f"(finite) state is saved in {ckpt_path} (step {step})")
             step += 1
             seconds += time.time() - t0
             for k, v in logs.items():
@@ -438,18 +462,31 @@ def loss_summary(log_path: Path, window: int = 10) -> dict[str, Any]:
             "s_per_step_last": mean(tail, "s_per_step")}
 
 
+def export_name(prior: str, task: str) -> str:
+    """The default export name ``davi-PRIOR-OPERATOR`` of a run of ``task`` with ``prior``; a
+    prior given as a file contributes its stem (``davi-toy-gaussian-blur`` for
+    ``dir/toy.safetensors``), so the export stays in its folder."""
+    if task not in TASKS:
+        raise UnknownNameError("DAVI task", task, list(TASKS))
+    stem = Path(prior).name.removesuffix(".safetensors")
+    return f"davi-{stem}-{TASKS[task][0]}"
+
+
 def export_davi(ckpt: str | Path, out_dir: str | Path, name: str | None = None, *,
                 extra: dict | None = None) -> Path:
-    """Write ``NAME.safetensors`` (the EMA generator's network) and ``NAME.json`` (its card)."""
+    """Write ``NAME.safetensors`` (the EMA generator's network) and ``NAME.json`` (its card);
+    the default name is :func:`export_name`'s."""
     from safetensors.torch import save_file
 
     from diffinv.assets import sha256_file
     from diffinv.bench.machine import machine_info
 
+    if name is not None:
+        check_export_name(name)
     ckpt = Path(ckpt)
     state = load_checkpoint(ckpt)
     cfg = json.loads(state["config"])
-    name = name or f"davi-{cfg['prior']}-{state['operator']}"
+    name = check_export_name(name or export_name(cfg["prior"], cfg["task"]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.safetensors"

@@ -37,12 +37,20 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from diffinv.checks import check_count
 from diffinv.diffusion.prior import PRECISIONS, autocast
-from diffinv.errors import DiffinvError
-from diffinv.learn.checkpoint import load_checkpoint, save_atomic
+from diffinv.errors import DiffinvError, NonFiniteError
+from diffinv.learn.checkpoint import check_export_name, load_checkpoint, save_atomic
 from diffinv.learn.deblur_net import DeblurUNet
 from diffinv.learn.ema import EMA
-from diffinv.learn.trainer import learning_rate, stop_requests
+from diffinv.learn.trainer import (
+    check_numbers,
+    check_run_folder,
+    diverged,
+    finite_state,
+    learning_rate,
+    stop_requests,
+)
 from diffinv.seeding import image_seed
 
 CHECKPOINT = "checkpoint.pt"
@@ -74,8 +82,13 @@ class DeblurTrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch < 1 or self.lr <= 0 or self.warmup < 0:
             raise DiffinvError("steps, batch and lr must be positive and warmup non-negative")
-        if not 0 <= self.sigma_max < 1:
-            raise DiffinvError(f"sigma_max must lie in [0, 1), got {self.sigma_max}")
+        check_numbers(self, positive=("lr",), non_negative=("weight_decay", "grad_clip"),
+                      fraction=("ema_decay", "sigma_max"))
+        mults = self.net.get("mults", [1])  # absent keys take DeblurUNet's defaults
+        ints = [self.net.get("base", 1), self.net.get("blocks", 1), *mults]
+        if not mults or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in ints):
+            raise DiffinvError(f"net base, mults (one or more) and blocks must be integers >= 1, "
+                               f"got {self.net}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise DiffinvError(f"lr_schedule must be 'constant' or 'cosine', got "
                                f"{self.lr_schedule!r}")
@@ -137,7 +150,11 @@ def train_deblur_net(cfg: DeblurTrainConfig, *, data: Tensor | None = None,
     from diffinv.learn.trainer import pick_device
 
     cfg.validate()
+    if max_steps_this_run is not None:
+        check_count(max_steps_this_run, "max_steps_this_run")
     dev = pick_device(device)
+    state = check_run_folder(cfg.out, "train-deblur-net", ("model", "opt", "ema", "step"),
+                             ("net", "dataset"), map_location=dev)
     if data is None:
         from diffinv.data import load_split
 
@@ -149,9 +166,8 @@ def train_deblur_net(cfg: DeblurTrainConfig, *, data: Tensor | None = None,
     model = DeblurUNet(in_channels=image_shape[0], image_size=image_shape[-1], **cfg.net).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay)
-    step, wall = 0, 0.0
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, map_location=dev)
+    step, wall, saved_step = 0, 0.0, None
+    if state is not None:
         saved = json.loads(state["config"])
         same = ("net", "dataset", "families", "sigma_max", "seed", "batch")
         if any(saved.get(k) != asdict(cfg)[k] for k in same):
@@ -161,6 +177,8 @@ def train_deblur_net(cfg: DeblurTrainConfig, *, data: Tensor | None = None,
         opt.load_state_dict(state["opt"])
         ema.load_state_dict(state["ema"])
         step, wall = int(state["step"]), float(state.get("wall_s", 0.0))
+        saved_step = step
+        del state
     ops = [op.to(dev) for op in _ops(cfg.families)]
     data_dev = data.to(dev)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,10 +193,14 @@ def train_deblur_net(cfg: DeblurTrainConfig, *, data: Tensor | None = None,
     t_run = time.time()
 
     def checkpoint() -> None:
+        nonlocal saved_step
+        if not finite_state(model, ema.model):
+            raise diverged(step, ckpt_path, saved_step)
         save_atomic({"model": model.state_dict(), "opt": opt.state_dict(),
                      "ema": ema.state_dict(), "step": step, "config": json.dumps(asdict(cfg)),
                      "image_shape": torch.tensor(image_shape),
                      "wall_s": wall + time.time() - t_run}, ckpt_path)
+        saved_step = step
 
     with stop_requests() as stop:
         while step < end:
@@ -192,9 +214,9 @@ def train_deblur_net(cfg: DeblurTrainConfig, *, data: Tensor | None = None,
                 pred = model(y)
             loss = (pred.float() - x).abs().mean()
             if not torch.isfinite(loss):
-                checkpoint()
-                raise DiffinvError(f"loss became {loss.item()} at step {step}; last good state "
-                                   f"is in {ckpt_path}")
+                checkpoint()  # raises when the weights are to blame: those are not saved
+                raise NonFiniteError(f"loss became {loss.item()} at step {step}; the state "
+                                     f"before it is saved in {ckpt_path} (step {step})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -259,6 +281,7 @@ def export_deblur_net(ckpt: str | Path, out_dir: str | Path, name: str, *, use_e
 
     from diffinv.assets import sha256_file
 
+    check_export_name(name)
     state = load_checkpoint(ckpt)
     cfg = json.loads(state["config"])
     c, h, w = (int(v) for v in state["image_shape"])

@@ -39,12 +39,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from diffinv.checks import check_device, check_output_folder
+from diffinv.checks import check_count, check_device, check_output_folder
 from diffinv.diffusion.prior import PRECISIONS, autocast
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.diffusion.unet import UNet, check_attention
-from diffinv.errors import DiffinvError
-from diffinv.learn.checkpoint import load_checkpoint, save_atomic
+from diffinv.errors import DiffinvError, NonFiniteError
+from diffinv.learn.checkpoint import check_export_name, load_checkpoint, save_atomic
 from diffinv.learn.ema import EMA
 from diffinv.seeding import image_seed
 
@@ -79,6 +79,13 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch < 1 or self.lr <= 0 or self.warmup < 0:
             raise DiffinvError("steps, batch and lr must be positive and warmup non-negative")
+        check_numbers(self, positive=("lr",), non_negative=("weight_decay", "grad_clip"),
+                      fraction=("ema_decay",))
+        check_numbers(self.unet, fraction=("dropout",), where="unet ")
+        mults = self.unet.get("channel_mults", [1, 2, 2])
+        if not mults or any(isinstance(m, bool) or not isinstance(m, int) or m < 1
+                            for m in mults):
+            raise DiffinvError(f"unet channel_mults must be one or more integers >= 1, got {mults}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise DiffinvError(
                 f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
@@ -178,6 +185,73 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device("cpu")
 
 
+def check_numbers(cfg: object, *, positive: tuple[str, ...] = (),
+                  non_negative: tuple[str, ...] = (), fraction: tuple[str, ...] = (),
+                  where: str = "") -> None:
+    """Refuse a field of ``cfg`` (a config dataclass or a dict) that is not a finite number in
+    its range: ``positive`` > 0, ``non_negative`` >= 0, ``fraction`` in [0, 1) (a decay, a
+    momentum, a dropout probability). Missing fields of a dict are skipped."""
+    ranges = [(positive, "> 0", lambda v: v > 0), (non_negative, ">= 0", lambda v: v >= 0),
+              (fraction, "in [0, 1)", lambda v: 0 <= v < 1)]
+    for names, text, ok in ranges:
+        for name in names:
+            if isinstance(cfg, dict) and name not in cfg:
+                continue
+            value = cfg[name] if isinstance(cfg, dict) else getattr(cfg, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and ok(value)):
+                raise DiffinvError(f"{where}{name} must be a finite number {text}, got {value!r}")
+
+
+def check_run_folder(out: str | Path, trainer: str, state_keys: tuple[str, ...],
+                     config_keys: tuple[str, ...],
+                     map_location: str | torch.device = "cpu") -> dict | None:
+    """Check run folder ``out`` of ``trainer`` (e.g. "train-prior") before any data loads.
+
+    The folder must be creatable and writable (:func:`~diffinv.checks.check_output_folder`), and
+    the files the run writes there (``checkpoint.pt``, ``config.json``, ``train_log.jsonl``)
+    files if they exist. Returns the checkpoint a run resumes from (``None`` without one), after
+    checking that ``trainer`` wrote it: a dict holding ``state_keys``, whose ``"config"`` is a
+    JSON object holding ``config_keys``; anything else raises :class:`DiffinvError`.
+    """
+    out = check_output_folder(out, replace=False)
+    for name in (CHECKPOINT, "config.json", "train_log.jsonl"):
+        if (out / name).exists() and not (out / name).is_file():
+            raise DiffinvError(f"{out / name} is not a file; the run folder of {trainer} keeps "
+                               f"its {name} there: use another --out folder")
+    path = out / CHECKPOINT
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path, map_location=map_location)
+    try:
+        config = json.loads(state["config"])
+    except (KeyError, TypeError, ValueError):
+        config = None
+    if (not isinstance(config, dict) or any(k not in state for k in state_keys)
+            or any(k not in config for k in config_keys)):
+        raise DiffinvError(f"{path} holds a checkpoint not from {trainer}; use another --out "
+                           "folder (or move that file away)")
+    return state
+
+
+def finite_state(*parts: nn.Module | torch.Tensor) -> bool:
+    """Whether every parameter and floating-point buffer of ``parts`` (modules or tensors) is
+    finite, i.e. what a checkpoint would save holds no NaN/Inf."""
+    tensors: list[torch.Tensor] = []
+    for p in parts:
+        tensors += [p] if isinstance(p, torch.Tensor) else [*p.parameters(), *p.buffers()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def diverged(step: int, ckpt_path: Path, saved_step: int | None) -> NonFiniteError:
+    """The error of a run whose weights became non-finite at ``step`` (they are never saved);
+    ``saved_step`` is the step of the checkpoint on disk (``None``: there is none)."""
+    last = (f"the last good state is {ckpt_path} (step {saved_step})" if saved_step is not None
+            else "no checkpoint was written")
+    return NonFiniteError(f"training diverged: the weights became non-finite (NaN/Inf) at step "
+                          f"{step} and were not saved (try a lower --lr); {last}")
+
+
 def train_prior(
     cfg: TrainConfig,
     *,
@@ -194,9 +268,12 @@ def train_prior(
     from tqdm.auto import tqdm
 
     cfg.validate()
-    check_output_folder(cfg.out, replace=False)
+    if max_steps_this_run is not None:
+        check_count(max_steps_this_run, "max_steps_this_run")
     ddp = _Dist()
     dev = pick_device(device)
+    state = check_run_folder(cfg.out, "train-prior", ("model", "opt", "ema", "step"),
+                             ("unet", "schedule", "dataset"), map_location=dev)
     if data is None:
         from diffinv.data import load_split
 
@@ -215,9 +292,8 @@ def train_prior(
     model = UNet(**unet_cfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay)
-    step = 0
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, map_location=dev)
+    step, saved_step = 0, None
+    if state is not None:
         saved = json.loads(state["config"])
         if (
             saved["unet"] != cfg.unet
@@ -231,7 +307,8 @@ def train_prior(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         ema.load_state_dict(state["ema"])
-        step = int(state["step"])
+        step = saved_step = int(state["step"])
+        del state
     net: nn.Module = model
     if ddp.active:
         net = nn.parallel.DistributedDataParallel(
@@ -255,6 +332,9 @@ def train_prior(
     t_last, n_last, losses = time.time(), step, []
 
     def checkpoint() -> None:
+        nonlocal saved_step
+        if not finite_state(model, ema.model):
+            raise diverged(step, ckpt_path, saved_step)
         if ddp.main:
             save_atomic(
                 {
@@ -267,6 +347,7 @@ def train_prior(
                 },
                 ckpt_path,
             )
+        saved_step = step
 
     with stop_requests() as stop:
         while step < end:
@@ -278,10 +359,9 @@ def train_prior(
             with autocast(cfg.precision, dev):
                 loss = diffusion_loss(net, schedule, x0, t[sl], noise[sl].to(dev))
             if not torch.isfinite(loss):
-                checkpoint()
-                raise DiffinvError(
-                    f"loss became {loss.item()} at step {step}; last good state is in {ckpt_path}"
-                )
+                checkpoint()  # raises when the weights are to blame: those are not saved
+                raise NonFiniteError(f"loss became {loss.item()} at step {step}; the state "
+                                     f"before it is saved in {ckpt_path} (step {step})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -334,6 +414,7 @@ def export_prior(
     """Write ``NAME.safetensors`` (EMA weights by default) and ``NAME.json`` (its config)."""
     from safetensors.torch import save_file
 
+    check_export_name(name)
     state = load_checkpoint(ckpt)
     cfg = json.loads(state["config"])
     weights = state["ema"]["model"] if use_ema else state["model"]

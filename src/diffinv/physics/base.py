@@ -189,6 +189,10 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> floa
 
 def check_int(value: int, name: str, *, minimum: int = 1) -> int:
     """An integer ``>= minimum``; otherwise a DiffinvError naming it."""
-    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
+    try:  # int() of a list, NaN or an infinity raises: refused like any other non-integer
+        ok = not isinstance(value, bool) and int(value) == value and int(value) >= minimum
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise DiffinvError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)

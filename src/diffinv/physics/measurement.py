@@ -23,6 +23,7 @@ On disk (:func:`save_measurement`), a folder with:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable
@@ -40,7 +41,8 @@ from diffinv.physics.base import Operator
 from diffinv.physics.kernels import check_kernel
 from diffinv.physics.noise import NoiseModel, make_noise
 from diffinv.physics.registry import OPERATORS, is_image_like, make_operator
-from diffinv.seeding import image_generators
+from diffinv.resources import check_memory, measure_bytes
+from diffinv.seeding import check_seed, image_generators
 
 FORMAT = "diffinv-measurement"
 VERSION = 1
@@ -108,9 +110,20 @@ def measure(x: Tensor, operator: str | Operator, noise: str | NoiseModel, seed: 
     give a measurement that lives in memory only: :func:`save_measurement` refuses it); ``noise``: a spec
     such as ``"gaussian:0.05"``; ``indices``: the images' indices in their data set (default
     ``0..B-1``), which select their random streams; ``params``: per-image operator parameters to use
-    instead of drawing them (validated, e.g. kernels must be non-negative and sum to 1).
+    instead of drawing them (validated: kernels must be non-negative, sum to 1 and have the
+    operator's kernel size; one value for the whole batch is stored once per image).
+
+    diffinv computes in float32: an ``x`` of another floating dtype (float64, float16, bfloat16)
+    is converted to float32 first, so ``y``, the parameters and the kept truth are float32, as
+    every solver expects. An empty batch, a ``seed`` that is not an integer
+    (:func:`~diffinv.seeding.check_seed`) and a batch whose measuring would need more memory than
+    is available (:func:`~diffinv.resources.measure_bytes`) raise before anything is drawn.
     """
     check_image(x, "x")
+    if x.shape[0] == 0:
+        raise ShapeError("x holds no images (a batch of 0): measure at least one image")
+    if x.dtype != torch.float32:
+        x = x.float()
     check_image_range(x, "x")
     op = make_operator(operator) if isinstance(operator, str) else operator
     if not isinstance(op, Operator):
@@ -125,9 +138,11 @@ def measure(x: Tensor, operator: str | Operator, noise: str | NoiseModel, seed: 
     if name is None:
         name = f"custom:{type(op).__name__}"
     nm = make_noise(noise)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise DiffinvError(f"seed must be an integer, got {seed!r}")
+    seed = check_seed(seed)
     B = x.shape[0]
+    check_memory(measure_bytes(*x.shape, name), f"measuring {B} images of "
+                 f"{'x'.join(str(s) for s in x.shape[1:])} with {name}", device=x.device,
+                 hint="measure fewer or smaller images at a time")
     indices = list(range(B)) if indices is None else [int(i) for i in indices]
     if len(indices) != B:
         raise ShapeError(f"got {len(indices)} indices for a batch of {B} images")
@@ -139,6 +154,9 @@ def measure(x: Tensor, operator: str | Operator, noise: str | NoiseModel, seed: 
         for k in ("kernel",):
             if k in theta:
                 check_kernel(theta[k], k)
+        theta = _per_image(op, theta, B)  # stored one per image, as load_measurement wants them
+        check_record_params(op, op.config(), theta, B, "params", image_shape=tuple(x.shape),
+                            error=DiffinvError)
     with torch.no_grad():
         ax = op(x, **theta)
         y = nm.sample(ax, noise_gens)
@@ -266,8 +284,17 @@ SPEC_SCHEMA: dict[str, tuple[str, Any, bool]] = {
 def _read_spec(d: Path) -> dict[str, Any]:
     """``d/spec.json``, checked against :data:`SPEC_SCHEMA` (hand-edited records included)."""
     path = d / SPEC_FILE
+    if not d.exists():
+        raise MissingAssetError(f"measurement folder {d} does not exist")
+    if not d.is_dir():
+        raise MissingAssetError(f"{d} is a file, not a measurement folder (a folder written by "
+                                "`diffinv measure` or save_measurement)")
     if not path.is_file():
-        raise MissingAssetError(f"{d} is not a measurement folder (no {SPEC_FILE})")
+        held = sorted(p.name for p in d.iterdir())
+        holds = (f"it holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''}" if held
+                 else "it is empty")
+        raise MissingAssetError(f"{d} is not a measurement folder: it has no {SPEC_FILE} ({holds}; "
+                                f"`diffinv measure` writes {SPEC_FILE}, {TENSOR_FILE}, {PNG_FILE})")
     try:
         spec = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -276,8 +303,14 @@ def _read_spec(d: Path) -> dict[str, Any]:
         raise IntegrityError(f"{path} does not hold a JSON object (a {FORMAT} spec)")
     if spec.get("format") != FORMAT:
         raise IntegrityError(f"{path} is not a {FORMAT} spec")
-    if spec.get("version") != VERSION:
-        raise IntegrityError(f"{d} has format version {spec.get('version')}; this diffinv reads "
+    version = spec.get("version")
+    if "version" not in spec:
+        raise IntegrityError(f"{path} lacks 'version' (an integer)")
+    if not _is_int(version):
+        what = f"the string {version!r}" if isinstance(version, str) else repr(version)
+        raise IntegrityError(f"{path}: 'version' must be an integer, got {what}")
+    if version != VERSION:
+        raise IntegrityError(f"{d} has format version {version}; this diffinv reads "
                              f"version {VERSION}")
     for key, (what, ok, required) in SPEC_SCHEMA.items():
         if key not in spec:
@@ -315,12 +348,134 @@ def _truth_path(d: Path, spec: dict[str, Any]) -> Path | None:
     return d / TRUTH_FILE
 
 
-def load_measurement(directory: str | os.PathLike, *, truth: bool = True) -> Measurement:
-    """Read a measurement folder back exactly; ``truth=False`` leaves the hidden truth unread.
+def _as_float32(t: Tensor) -> Tensor:
+    """A floating tensor of another dtype as float32, the dtype diffinv computes in."""
+    return t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
 
-    The record is checked first: ``spec.json`` against :data:`SPEC_SCHEMA`, every tensor it
-    names, ``y``'s shape, and (with ``truth``) the truth file it names: any mismatch raises
-    :class:`IntegrityError` (:class:`MissingAssetError` for a missing file) naming the problem.
+
+def _n_images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
+def check_record_params(op: Operator, config: dict[str, Any], params: dict[str, Tensor],
+                        batch: int, where: str, *, image_shape: tuple[int, ...] | None = None,
+                        error: type[DiffinvError] = IntegrityError) -> None:
+    """Check per-image operator parameters as a record holds them, raising ``error`` that names
+    ``where`` they come from: parameters the operator takes, one value per image (leading size
+    ``batch``: a record never relies on broadcasting), kernels of the operator's kernel size
+    (``config["size"]``) that are valid blur kernels, masks of the images' size, finite values."""
+    op_name = getattr(op, "registry_name", type(op).__name__)
+    for k, v in params.items():
+        if k not in op.param_names:
+            raise error(f"{where}: operator {op_name} takes no parameter {k!r} (it takes "
+                        f"{', '.join(op.param_names) or 'none'})")
+        nd = op.param_ndim.get(k)
+        if nd is not None and v.ndim == nd + 1 and v.shape[0] != batch:
+            raise error(f"{where}: parameter {k!r} holds values for {_n_images(v.shape[0])}, but "
+                        f"y has {_n_images(batch)}: a record holds one per image")
+        if nd is not None and v.ndim != nd + 1:
+            raise error(f"{where}: parameter {k!r} has shape {tuple(v.shape)}; a record holds one "
+                        f"per image, {nd + 1}-dimensional with a leading size of {batch}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise error(f"{where}: parameter {k!r} contains NaN/Inf")
+        size, grid = config.get("size"), config.get("grid")
+        if k in ("kernel", "kernels"):
+            h, w = (int(s) for s in v.shape[-2:])
+            if _is_int(size) and (h, w) != (size, size):
+                raise error(f"{where}: parameter {k!r} holds {h}x{w} kernels, but operator "
+                            f"{op_name} has kernel size {size} (its 'size' setting)")
+            if k == "kernels" and _is_int(grid) and v.shape[1] != grid ** 2:
+                raise error(f"{where}: parameter 'kernels' holds {v.shape[1]} kernels per image, "
+                            f"but operator {op_name} has a {grid}x{grid} grid of them")
+            if v.dtype in (torch.float16, torch.bfloat16):  # their sums are off by rounding
+                if (v < 0).any():
+                    raise error(f"{where}: {k} has negative entries; a blur kernel is "
+                                "non-negative")
+            else:
+                try:
+                    check_kernel(v.reshape(-1, h, w), k)
+                except DiffinvError as e:
+                    raise error(f"{where}: {e}") from None
+        if k == "mask" and image_shape is not None \
+                and tuple(v.shape[-2:]) != tuple(image_shape[-2:]):
+            raise error(f"{where}: parameter 'mask' is {v.shape[-2]}x{v.shape[-1]}, but the "
+                        f"images are {image_shape[-2]}x{image_shape[-1]}")
+
+
+def _per_image(op: Operator, params: dict[str, Tensor], batch: int) -> dict[str, Tensor]:
+    """Parameters given once for the batch (no batch dimension, or a leading size of 1) as one
+    copy per image, as a record holds them."""
+    out = {}
+    for k, v in params.items():
+        nd = op.param_ndim.get(k)
+        if nd is not None and v.ndim == nd:
+            v = v.unsqueeze(0)
+        if nd is not None and v.ndim == nd + 1 and v.shape[0] == 1 and batch > 1:
+            v = v.expand(batch, *v.shape[1:]).clone()
+        out[k] = v
+    return out
+
+
+def _record_operator(spec: dict[str, Any], config: dict[str, Any], d: Path) -> Operator | None:
+    """The record's operator, built from its settings (None where an optional asset it needs, such
+    as the bkse weights, is not installed here: the solver will say so)."""
+    try:
+        return make_operator(spec["operator"], **{k: v for k, v in config.items() if k != "blind"})
+    except MissingAssetError:
+        return None
+    except (DiffinvError, TypeError, ValueError) as e:
+        raise IntegrityError(f"{d / SPEC_FILE}: 'config' does not make a {spec['operator']} "
+                             f"operator: {e}") from None
+
+
+def _check_truth(x: Tensor, y: Tensor, op: Operator | None, op_name: str, where: Path) -> Tensor:
+    """The truth image of a record, checked before any solving: floating-point, (B, C, H, W) with
+    y's batch, of the shape y was made from, finite, in [-1, 1]; returned as float32."""
+    import warnings
+
+    from diffinv.errors import RangeWarning
+
+    name = f"the truth image x in {where}"
+    if not x.is_floating_point():
+        raise IntegrityError(f"{name} is {str(x.dtype).removeprefix('torch.')}; a truth image is "
+                             "floating-point, in [-1, 1]")
+    x = _as_float32(x)
+    if x.ndim != 4:
+        raise IntegrityError(f"{name} has shape {tuple(x.shape)}; a truth image is (B, C, H, W)")
+    if x.shape[0] != y.shape[0]:
+        raise IntegrityError(f"{name} holds {_n_images(x.shape[0])}, but y holds "
+                             f"{y.shape[0]}")
+    if op is not None:
+        try:
+            made = tuple(op.out_shape(x.shape))
+        except DiffinvError:
+            made = None
+        if made != tuple(y.shape):
+            raise IntegrityError(f"{name} has shape {tuple(x.shape)}, but y, of shape "
+                                 f"{tuple(y.shape)}, was not made by {op_name} from images of "
+                                 "that shape")
+    if not torch.isfinite(x).all():
+        raise IntegrityError(f"{name} contains {int((~torch.isfinite(x)).sum())} NaN/Inf values")
+    with warnings.catch_warnings():  # a [0, 1]-looking truth was warned about when measured
+        warnings.simplefilter("ignore", RangeWarning)
+        check_image_range(x, name)
+    return x
+
+
+def load_measurement(directory: str | os.PathLike, *, truth: bool = True) -> Measurement:
+    """Read a measurement folder back; ``truth=False`` leaves the hidden truth unread.
+
+    The record is checked first, before anything is solved: ``spec.json`` against
+    :data:`SPEC_SCHEMA`, every tensor it names, ``y``'s shape and dtype, the operator's settings,
+    its per-image parameters (:func:`check_record_params`: one per image, kernels of the
+    operator's size) and, with ``truth``, the truth file it names (which must hold the truth image
+    ``x``: of the shape ``y`` was made from, finite, in [-1, 1]): any problem raises
+    :class:`IntegrityError` (:class:`MissingAssetError` for a missing file, :class:`DiffinvError`
+    for a truth beyond [-1, 1]) naming it.
+
+    Tensors are read exactly, except that floating-point tensors of another dtype (float16,
+    bfloat16, float64) are converted to float32, the dtype diffinv computes in (a float64 record
+    loses its last digits); an integer ``y`` or ``x`` is refused.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -335,12 +490,49 @@ def load_measurement(directory: str | os.PathLike, *, truth: bool = True) -> Mea
         raise IntegrityError(f"cannot read the tensors of {d}: {e}") from e
     if "y" not in tensors or list(tensors["y"].shape) != spec["y_shape"]:
         raise IntegrityError(f"{d / TENSOR_FILE} does not hold y of shape {spec['y_shape']}")
-    config = {k: _tensor(tensors, v["tensor"], d) if isinstance(v, dict) and "tensor" in v else v
+    y = tensors["y"]
+    if not y.is_floating_point():
+        raise IntegrityError(f"{d / TENSOR_FILE}: y is {str(y.dtype).removeprefix('torch.')}; a "
+                             "measurement is floating-point")
+    y = _as_float32(y)
+    config = {k: (_as_float32(_tensor(tensors, v["tensor"], d))
+                  if isinstance(v, dict) and "tensor" in v else v)
               for k, v in spec["config"].items()}
+    params = {k: _tensor(tensors, f"param.{k}", d) for k in spec["params"]}
+    op = _record_operator(spec, config, d)
+    B = y.shape[0]
+    if op is not None:
+        image_shape = None
+        with contextlib.suppress(DiffinvError):  # what y's images are, where the operator knows
+            image_shape = tuple(op.in_shape(y.shape))
+        check_record_params(op, config, params, B, str(d / TENSOR_FILE), image_shape=image_shape)
+        missing = [k for k in op.required_params if k not in params]
+        if missing and not spec.get("blind"):
+            raise IntegrityError(f"{d / SPEC_FILE}: operator {spec['operator']} needs the "
+                                 f"per-image parameter(s) {missing}, which the record does not "
+                                 f"hold (its 'params': {spec['params']})")
+    params = {k: _as_float32(v) for k, v in params.items()}
+    x, true_params = None, {}
+    if truth_file is not None:
+        true_params = {k.removeprefix("true."): v for k, v in hidden.items()
+                       if k.startswith("true.")}
+        lacking = [k for k in spec.get("true_params", []) if k not in true_params]
+        if lacking:
+            raise IntegrityError(f"{d / SPEC_FILE} names the hidden parameter(s) {lacking}, which "
+                                 f"{truth_file.name} does not hold")
+        if "x" not in hidden:
+            held = ", ".join(sorted(hidden)) or "nothing"
+            raise IntegrityError(
+                f"{truth_file} holds no truth image 'x' (it holds {held}), so no PSNR/SSIM could "
+                f"be computed: put the truth back, or set \"hidden_truth\": null in {SPEC_FILE} "
+                "to use the measurement without it")
+        x = _check_truth(hidden["x"], y, op, spec["operator"], truth_file)
+        if op is not None:
+            check_record_params(op, config, true_params, B, str(truth_file),
+                                image_shape=tuple(x.shape))
+        true_params = {k: _as_float32(v) for k, v in true_params.items()}
     return Measurement(
-        y=tensors["y"], operator=spec["operator"], config=config,
-        params={k: _tensor(tensors, f"param.{k}", d) for k in spec["params"]},
+        y=y, operator=spec["operator"], config=config, params=params,
         noise=spec["noise"], seed=spec["seed"], domain=spec["domain"],
         indices=list(spec["indices"]), source=spec.get("source"), blind=bool(spec.get("blind")),
-        x=hidden.get("x"), true_params={k.removeprefix("true."): v for k, v in hidden.items()
-                                        if k.startswith("true.")})
+        x=x, true_params=true_params)

@@ -16,6 +16,13 @@ from diffinv.errors import DiffinvError, UnknownNameError
 from diffinv.physics.base import Operator
 from diffinv.physics.blur import Blur, GaussianBlur, MotionBlur
 from diffinv.physics.inpaint import BoxInpaint, Identity, RandomInpaint
+from diffinv.physics.kernel_families import (
+    AiryBlur,
+    AnisotropicGaussianBlur,
+    DefocusBlur,
+    WideGaussianBlur,
+    WideMotionBlur,
+)
 from diffinv.physics.nonlinear import NonlinearBlur
 from diffinv.physics.phase import PhaseRetrieval
 from diffinv.physics.resize import AvgPoolSR, BicubicSR
@@ -60,6 +67,20 @@ OPERATORS: dict[str, Entry] = {
                                   blind=True),
     "blind-motion-blur": _entry(MotionBlur, "blind motion blur, hidden random-trajectory kernel",
                                 blind=True),
+    "blind-motion-blur-wide": _entry(WideMotionBlur, "blind motion blur, wide family: intensity "
+                                     "~ U(0, 1), path length ~ U(0, 1)(size - 1) px (down to a "
+                                     "point), pen std ~ U(0.2, 0.5) px", blind=True),
+    "blind-gaussian-blur-wide": _entry(WideGaussianBlur, "blind Gaussian blur, wide family: "
+                                       "pixel-integrated, std log-uniform on [0.3, 2.5] px",
+                                       blind=True),
+    "blind-anisotropic-gaussian-blur": _entry(AnisotropicGaussianBlur, "blind anisotropic "
+                                              "Gaussian blur: major std log-uniform on [0.3, 2.5] "
+                                              "px, axes ratio ~ U(0.2, 1), angle ~ U(0, pi)",
+                                              blind=True),
+    "blind-airy-blur": _entry(AiryBlur, "blind diffraction blur: pixel-integrated Airy pattern "
+                              "(rings), first dark ring radius ~ U(0.5, 2.5) px", blind=True),
+    "blind-defocus-blur": _entry(DefocusBlur, "blind defocus blur: pixel-integrated uniform "
+                                 "disk, radius ~ U(0.5, 4) px", blind=True),
     "blind-rotation-blur": _entry(RotationBlur, "blind rotation blur, theta ~ U(5, 25) deg",
                                   blind=True),
     "blind-zoom-blur": _entry(ZoomBlur, "blind zoom blur, z ~ U(1.1, 1.4)", blind=True),
@@ -75,7 +96,8 @@ def operator_arguments(name: str) -> list[str]:
     """The keyword arguments ``make_operator(name, ...)`` accepts."""
     e = _get(name)
     sig = inspect.signature(e.factory)
-    return [p for p in sig.parameters if p != "self" and p not in e.fixed]
+    return [n for n, p in sig.parameters.items() if n != "self" and n not in e.fixed
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]  # not nn.Module's *args
 
 
 def is_image_like(name: str | None) -> bool:
@@ -98,6 +120,11 @@ def make_operator(name: str, **params: Any) -> Operator:
     bad = sorted(set(params) - set(allowed))
     if bad:
         raise DiffinvError(f"operator {name!r} does not take {bad}; it takes {allowed}")
-    op = e.factory(**params, **e.fixed)
+    try:
+        op = e.factory(**params, **e.fixed)
+    except DiffinvError:
+        raise
+    except (TypeError, ValueError, OverflowError) as err:  # a setting of the wrong kind
+        raise DiffinvError(f"bad settings for operator {name!r} ({params}): {err}") from err
     op.registry_name = name
     return op

@@ -7,8 +7,10 @@ drawn parameters (kernel, std, angle, zoom) are the hidden truth and are never r
 rebuilds the family's operator from the public record (as blind DMPlug does) and says what a
 kernel-estimating method estimates:
 
-* blind Gaussian / motion blur: a ``size x size`` kernel (the operator's kernel size) applied with
-  the operator's boundary rule;
+* blind Gaussian / motion blur and the kernel families of
+  :mod:`diffinv.physics.kernel_families` (wide motion and Gaussian, anisotropic Gaussian, Airy,
+  defocus): a ``size x size`` kernel (the operator's kernel size) applied with the operator's
+  boundary rule;
 * blind rotation / zoom blur: these are not convolutions; the kernel methods (BlindDPS, GibbsDDRM,
   FastEM, Pan-L0, SelfDeblur) run with their *convolution model* anyway, a ``9 x 9`` kernel (the
   kernel families' default size, that of the ``kernels9`` prior and the kernel denoiser) with a
@@ -31,11 +33,17 @@ from torch import Tensor
 
 from diffinv.errors import DiffinvError, NonFiniteError, ShapeError
 from diffinv.physics.blur import Blur, GaussianBlur, MotionBlur
+from diffinv.physics.kernel_families import FamilyBlur
 from diffinv.solvers._common import Problem, SolverDivergedError
 
 #: the blind families the blind solvers accept
 BLIND_FAMILIES = ("blind-motion-blur", "blind-gaussian-blur", "blind-rotation-blur",
-                  "blind-zoom-blur")
+                  "blind-zoom-blur", "blind-motion-blur-wide", "blind-gaussian-blur-wide",
+                  "blind-anisotropic-gaussian-blur", "blind-airy-blur", "blind-defocus-blur")
+#: what a blind-only solver needs, for its help (``Solver.needs``)
+BLIND_NEEDS = ("a blind blur family (the blind-*-blur operators of `diffinv measure --list`)",)
+#: what a solver that is blind only with ``blind=True`` (``--blind``) needs, for its help
+BLIND_OPTION_NEEDS = ("any known operator, or with --blind a blind blur family",)
 #: kernel size and boundary of the convolution model used on rotation / zoom blur
 WARP_KERNEL_SIZE = 9
 WARP_BOUNDARY = "circular"
@@ -56,7 +64,7 @@ class BlindProblem:
     operator: Any          # the blind family operator (never called with parameters)
     kernel_size: int
     boundary: str
-    #: True when the family *is* a convolution (Gaussian, motion); False for rotation / zoom
+    #: True when the family *is* a convolution (the kernel families); False for rotation / zoom
     convolution_model: bool
     noise: Any
     image_shape: tuple[int, int, int, int]
@@ -102,7 +110,7 @@ def blind_problem(solver: Any, y: Tensor, physics: Any) -> BlindProblem:
     if op_name not in BLIND_FAMILIES:
         raise DiffinvError(f"solver {name!r} handles the blind blur families "
                            f"({', '.join(BLIND_FAMILIES)}), not {op_name!r}")
-    if isinstance(op, GaussianBlur | MotionBlur):
+    if isinstance(op, GaussianBlur | MotionBlur | FamilyBlur):
         k, boundary, conv = int(op.size), str(op.boundary), True
     else:
         k, boundary, conv = WARP_KERNEL_SIZE, WARP_BOUNDARY, False

@@ -73,7 +73,10 @@ def unpack(solver: Any, y: Tensor, physics: Any, prior: Any) -> Problem:
     solver.check_operator(op)
     dev = y.device
     op = op.to(dev) if hasattr(op, "to") else op
-    params = {k: (v.to(dev) if isinstance(v, Tensor) else v)
+    # floating parameters follow y's dtype (float32: Solver.__call__ converts y), so a record
+    # made in float64 runs as well
+    params = {k: (v.to(dev, y.dtype if v.is_floating_point() else v.dtype)
+                  if isinstance(v, Tensor) else v)
               for k, v in dict(getattr(physics, "params", {}) or {}).items()}
     noise = physics.make_noise()
     try:

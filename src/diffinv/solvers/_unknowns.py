@@ -84,11 +84,12 @@ def blind_unknowns(op: Any, generators: Sequence[torch.Generator], image_shape: 
                    ) -> OperatorUnknowns:
     """The unknown operator parameters of a blind family, per image (see the module docstring)."""
     from diffinv.physics.blur import GaussianBlur, MotionBlur, blur
+    from diffinv.physics.kernel_families import FamilyBlur
     from diffinv.physics.warps import RotationBlur, ZoomBlur
 
     B = len(generators)
     H, W = (int(s) for s in image_shape[-2:])
-    if isinstance(op, GaussianBlur | MotionBlur):
+    if isinstance(op, GaussianBlur | MotionBlur | FamilyBlur):
         k = op.size if kernel_size is None else kernel_size
         if isinstance(k, bool) or int(k) != k or k < 1:
             raise DiffinvError(f"kernel_size must be an integer >= 1, got {kernel_size!r}")

@@ -9,7 +9,12 @@
 * ``prior``: a :class:`diffinv.diffusion.DiffusionPrior`;
 * ``seed``: an int (image i of the batch uses ``image_seed(seed, i)``) or one ``torch.Generator``
   per image; every random draw comes from these per-image generators, so a seed reproduces a run
-  bit for bit and batching does not change a per-image result.
+  bit for bit and batching does not change a per-image result; any other seed (a float, a
+  string) is refused (:func:`diffinv.seeding.check_seed`).
+
+diffinv computes in float32: a ``y`` of another floating dtype (float64, float16, bfloat16) is
+converted to float32 on entry, as :func:`diffinv.physics.measure` converts its images, so the
+result ``x`` is float32. An empty batch is refused.
 
 A solver declares what it needs from an operator (``requires``: "linear", "svd", ...) and refuses
 an operator that lacks it with a message naming what is missing.
@@ -25,7 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from diffinv.errors import DiffinvError, UnknownNameError
+from diffinv.errors import DiffinvError, ShapeError, UnknownNameError
 
 
 @dataclass
@@ -52,6 +57,9 @@ class Solver:
     #: the only operators (registry names) the solver accepts, for its help; empty: any operator
     #: that meets ``requires`` (``check_operator`` enforces it)
     operators: ClassVar[tuple[str, ...]] = ()
+    #: what else the solver needs of a measurement, in words, for its help (``list_solvers``);
+    #: empty: any known (non-blind) operator that meets ``requires``
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def check_operator(self, operator: Any) -> None:
         missing = []
@@ -75,6 +83,8 @@ class Solver:
         from diffinv.seeding import batch_generators
 
         check_call(y, physics, prior)
+        if y.is_floating_point() and y.dtype != torch.float32:
+            y = y.float()  # diffinv computes in float32, as measure() does (module docstring)
         gens = batch_generators(seed, y.shape[0])
         prior.reset_nfe()
         t0 = time.perf_counter()
@@ -84,16 +94,34 @@ class Solver:
         return Result(x=x.detach(), nfe=prior.nfe, seconds=time.perf_counter() - t0, trace=trace)
 
 
+def check_public(physics: Any) -> None:
+    """Refuse a ``physics`` that carries the hidden truth (the true image ``x`` or the true
+    parameters of a blind family): a solver must never be able to see it. Pass
+    ``measurement.public()``."""
+    x = getattr(physics, "x", None)
+    hidden = getattr(physics, "true_params", None)
+    if x is not None or hidden:
+        what = " and ".join(w for w, has in (("the true image x", x is not None),
+                                             (f"the true parameters {sorted(hidden)}",
+                                              bool(hidden))) if has)
+        raise DiffinvError(f"the measurement given to the solver carries the hidden truth ({what}), "
+                           "which a solver must never see: pass measurement.public()")
+
+
 def check_call(y: Any, physics: Any, prior: Any) -> None:
-    """What every solver checks on entry: ``y`` is a tensor of a batch, ``prior`` is a loaded
-    prior (not its name), and an image-like ``y`` was made from images in [-1, 1]
+    """What every solver checks on entry: ``physics`` carries no hidden truth
+    (:func:`check_public`), ``y`` is a tensor of a batch, ``prior`` is a loaded prior (not its
+    name), and an image-like ``y`` was made from images in [-1, 1]
     (:func:`~diffinv.checks.check_measurement_range`: its per-image mean, which noise does not
     move; a [0, 255] measurement is refused, a [0, 1] one cannot be told from a bright image)."""
     from diffinv.checks import check_measurement_range
     from diffinv.physics.registry import is_image_like
 
+    check_public(physics)
     if not isinstance(y, torch.Tensor) or y.ndim < 2:
         raise DiffinvError(f"y must be a batched tensor (B, ...), got {type(y).__name__}")
+    if y.shape[0] == 0:
+        raise ShapeError("y holds no images (a batch of 0): give at least one measurement")
     if isinstance(prior, str | os.PathLike) or not callable(getattr(prior, "reset_nfe", None)):
         raise DiffinvError(f"prior must be a DiffusionPrior, got {type(prior).__name__} {prior!r}; "
                            "load one first: diffinv.load_prior('fashion32')")
@@ -127,22 +155,59 @@ def _load_builtin() -> None:
 
 
 def list_solvers() -> list[tuple[str, str, tuple[str, ...]]]:
-    """(name, one-line summary, requirements) of every registered solver; a solver that accepts
-    only some operators names them instead (``("sr-avgpool only",)``)."""
+    """(name, one-line summary, requirements) of every registered solver: what it needs of the
+    operator (``requires``, or the only operators it takes: ``("sr-avgpool only",)``) and, in
+    words, what else it needs (``needs``: a blind family, a trained generator...). Empty: any
+    known operator."""
     _load_builtin()
-    return [(n, c.summary, (f"{' or '.join(c.operators)} only",) if c.operators else c.requires)  # type: ignore[attr-defined]
-            for n, c in sorted(_REGISTRY.items())]
+    out = []
+    for n, c in sorted(_REGISTRY.items()):
+        req = (f"{' or '.join(c.operators)} only",) if c.operators else c.requires  # type: ignore[attr-defined]
+        out.append((n, c.summary, tuple(req) + tuple(getattr(c, "needs", ()))))  # type: ignore[attr-defined]
+    return out
 
 
-def make_solver(name: str, *, preset: str | None = None, operator: str | None = None,
+#: keyword arguments of :func:`make_solver` itself, which no solver parameter (``-p KEY=VALUE``)
+#: may be called, and where each is given instead
+RESERVED_PARAMETERS = {
+    "name": "the solver is chosen with --solver",
+    "preset": "presets are chosen with --preset",
+    "operator": "the operator is the measurement's own",
+}
+
+
+def check_reserved(params: dict[str, Any]) -> None:
+    """Refuse solver parameters named like :func:`make_solver`'s own arguments."""
+    for key in params:
+        if key in RESERVED_PARAMETERS:
+            raise DiffinvError(f"{key!r} is not a solver parameter: {RESERVED_PARAMETERS[key]}")
+
+
+def check_operator_name(operator: object) -> str:
+    """``operator`` as a registry name (or the ``custom:Type`` name :func:`~diffinv.physics.measure`
+    gives an unregistered operator); anything else raises :class:`UnknownNameError` listing the
+    registered operators."""
+    from diffinv.physics.registry import OPERATORS
+
+    if isinstance(operator, str) and (operator in OPERATORS or operator.startswith("custom:")):
+        return operator
+    raise UnknownNameError("operator", str(operator), list(OPERATORS))
+
+
+def make_solver(name: str, /, *, preset: str | None = None, operator: str | None = None,
                 **params: Any) -> Solver:
     """Build solver ``name`` with its hyper-parameters; unknown names list the known ones.
 
     ``preset`` (see :mod:`diffinv.solvers.presets`) fills in the hyper-parameters tuned for
-    ``operator`` (the forward operator's registry name); explicit ``params`` override it."""
+    ``operator`` (the forward operator's registry name; an unknown name is refused, listing the
+    known ones); explicit ``params`` override it. Pass
+    user-given parameters through :func:`check_reserved` first: ``preset`` or ``operator`` among
+    them would clash with these arguments."""
     _load_builtin()
     if name not in _REGISTRY:
         raise UnknownNameError("solver", name, list(_REGISTRY))
+    if operator is not None:
+        check_operator_name(operator)
     if preset is not None:
         from diffinv.solvers.presets import preset_params
 

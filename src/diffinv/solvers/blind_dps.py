@@ -57,7 +57,7 @@ from diffinv.diffusion.schedule import spaced_timesteps
 from diffinv.errors import DiffinvError
 from diffinv.physics.blur import blur
 from diffinv.seeding import randn
-from diffinv.solvers._blind import check_kernel_finite, unpack_blind
+from diffinv.solvers._blind import BLIND_NEEDS, check_kernel_finite, unpack_blind
 from diffinv.solvers._common import check_finite, progress
 from diffinv.solvers.base import Solver, register_solver
 
@@ -101,6 +101,7 @@ class BlindDPS(Solver):
                "||y - k0_hat * x0_hat|| on both chains (blind blur families; 9x9 conv. model "
                "on rotation/zoom)")
     requires = ()
+    needs = BLIND_NEEDS
 
     def __init__(self, kernel_prior: Any = DEFAULT_KERNEL_PRIOR, steps: int = 1000,
                  scale: float = 1.0, kernel_scale: float = 0.3, reg_weight: float = 0.0):

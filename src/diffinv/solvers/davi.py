@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffinv.errors import DiffinvError, IntegrityError
+from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError
 from diffinv.learn.davi_ppb import OneStepGenerator, PPBSchedule, lift_measurement
 from diffinv.seeding import randn
 from diffinv.solvers._common import check_finite, unpack
@@ -50,20 +50,51 @@ def shipped_generators() -> list[dict[str, Any]]:
     return out
 
 
+def _generator_file(path: Path) -> Path:
+    """The weights file a user named: the file itself, the weights beside a card ``.json``, or
+    the one generator in a folder (what ``diffinv train-davi --export DIR`` writes)."""
+    if path.is_dir():
+        found = sorted(p for p in path.glob("*.safetensors") if p.with_suffix(".json").is_file())
+        if len(found) != 1:
+            names = ", ".join(p.name for p in found)
+            raise DiffinvError(f"{path} is a folder that holds {len(found)} DAVI generators"
+                               + (f" ({names}): name one of them" if found else
+                                  " (NAME.safetensors with its card NAME.json)"))
+        return found[0]
+    if path.suffix == ".json" and path.is_file():
+        return path.with_suffix(".safetensors")
+    return path
+
+
 def read_card(path: str | Path) -> dict[str, Any]:
-    """The card beside a generator file, with its SHA-256 checked."""
+    """The card beside a generator file, with its SHA-256 checked. ``path`` is the weights file
+    (``NAME.safetensors``), its card (``NAME.json``) or a folder holding one generator."""
     from diffinv.assets import sha256_file
 
-    path = Path(path)
+    named = Path(path)
+    path = _generator_file(named)
     card_path = path.with_suffix(".json")
-    if not path.is_file() or not card_path.is_file():
-        raise DiffinvError(f"DAVI generator {path} (or its card {card_path.name}) does not exist")
+    if not path.exists():
+        raise MissingAssetError(f"DAVI generator {path} does not exist"
+                           + (f" (the card {named} names no weights beside it)"
+                              if path != named else ""))
+    if not path.is_file():
+        raise DiffinvError(f"DAVI generator {path} is not a file")
+    if not card_path.is_file():
+        raise DiffinvError(f"DAVI generator {path} has no card {card_path.name} beside it (the "
+                           "JSON that `diffinv train-davi --export` writes with the weights)")
     try:
         card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IntegrityError(f"{card_path} is not valid JSON: {e}") from e
+    if not isinstance(card, dict):
+        raise IntegrityError(f"{card_path} does not hold a JSON object (a DAVI generator card)")
     if card.get("method") != "davi":
         raise IntegrityError(f"{card_path} is not a DAVI generator card")
+    lacking = [k for k in ("task", "operator_config", "image_shape") if k not in card]
+    if lacking:
+        raise IntegrityError(f"{card_path} lacks {', '.join(map(repr, lacking))} (a DAVI "
+                             "generator card names the task it was trained for)")
     sha = sha256_file(path)
     if card.get("sha256") and card["sha256"] != sha:
         raise IntegrityError(f"{path} has SHA-256 {sha[:12]}..., but its card expects "
@@ -120,9 +151,13 @@ class DAVI(Solver):
     summary = ("DAVI: amortised one-step sampler trained per task (diffinv train-davi); "
                "shipped for fashion32")
     requires = ("linear",)
+    needs = ("a DAVI generator trained for the prior and the operator with its settings "
+             "(shipped: fashion32 with gaussian-blur, inpaint-box, sr-avgpool)",)
 
     def __init__(self, generator: str | None = None, perturb_h: float | None = None,
                  lift: str | None = None):
+        if generator is not None:  # a wrong file is refused before anything runs
+            generator = read_card(generator)["path"]
         self.generator, self.perturb_h, self.lift = generator, perturb_h, lift
         self._cache: dict[tuple, OneStepGenerator] = {}
 

@@ -93,6 +93,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from diffinv.diffusion.schedule import spaced_timesteps
 from diffinv.errors import DiffinvError, NonFiniteError, ShapeError, UnknownNameError
 from diffinv.seeding import randn
+from diffinv.solvers._blind import BLIND_OPTION_NEEDS
 from diffinv.solvers._unknowns import OperatorUnknowns, blind_unknowns
 from diffinv.solvers.base import Result, Solver, register_solver
 from diffinv.solvers.early_stopping import (
@@ -331,6 +332,7 @@ class DMPlug(Solver):
 
     summary = "DMPlug: gradient descent on the seed of a 3-step DDIM generator (+ES-WMV, blind)"
     requires = ()
+    needs = BLIND_OPTION_NEEDS
     #: show a progress bar (set by the command line)
     progress: bool = False
 

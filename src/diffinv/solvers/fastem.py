@@ -58,7 +58,7 @@ from torch import Tensor
 
 from diffinv.errors import DiffinvError
 from diffinv.physics.blur import kernel_spectrum
-from diffinv.solvers._blind import check_kernel_finite, delta_kernel, unpack_blind
+from diffinv.solvers._blind import BLIND_NEEDS, check_kernel_finite, delta_kernel, unpack_blind
 from diffinv.solvers._common import Problem, gaussian_sigma, operator_svd
 from diffinv.solvers.base import register_solver
 from diffinv.solvers.interleave import Context, Interleaved, Step
@@ -133,6 +133,7 @@ class FastEM(Interleaved):
                "M-step per step (blind blur families, circular; 9x9 conv. model on "
                "rotation/zoom)")
     requires = ()
+    needs = BLIND_NEEDS
     needs_grad = True
     default_steps = 100
     default_sampler = "ddpm"

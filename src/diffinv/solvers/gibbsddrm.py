@@ -61,7 +61,7 @@ from torch import Tensor
 from diffinv.diffusion.schedule import spaced_timesteps
 from diffinv.errors import DiffinvError
 from diffinv.seeding import randn
-from diffinv.solvers._blind import check_kernel_finite, kernel_design, unpack_blind
+from diffinv.solvers._blind import BLIND_NEEDS, check_kernel_finite, kernel_design, unpack_blind
 from diffinv.solvers._common import check_finite, gaussian_sigma, operator_svd, progress
 from diffinv.solvers.base import Solver, register_solver
 from diffinv.solvers.ddrm import _safe_div, ddrm_init, ddrm_update
@@ -102,6 +102,7 @@ class GibbsDDRM(Solver):
     summary = ("GibbsDDRM: DDRM steps in the current kernel's FFT SVD + Langevin kernel updates "
                "(blind blur families, circular; 9x9 conv. model on rotation/zoom)")
     requires = ()
+    needs = BLIND_NEEDS
 
     def __init__(self, steps: int = 100, eta_b: float = 0.9, eta_c: float = 0.8,
                  eta_d: float = 0.8, update_start: float = 0.7, updates: int = 3,

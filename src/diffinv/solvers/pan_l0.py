@@ -105,7 +105,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffinv.errors import DiffinvError
-from diffinv.solvers._blind import blind_problem, centre_shift
+from diffinv.solvers._blind import BLIND_NEEDS, blind_problem, centre_shift
 from diffinv.solvers.base import Solver, register_solver
 
 _BETA_MAX = 1e5
@@ -297,6 +297,7 @@ class PanL0(Solver):
     """
 
     requires: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[tuple[str, ...]] = BLIND_NEEDS
     summary = ("Pan-L0 (Pan et al. CVPR 2014): blind deblurring, L0 intensity+gradient prior, "
                "coarse-to-fine kernel estimation, TV deconvolution (no diffusion prior)")
 

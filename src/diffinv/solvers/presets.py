@@ -57,7 +57,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from diffinv.errors import UnknownNameError
+from diffinv.errors import DiffinvError, UnknownNameError
 
 ParamTable = Mapping[str, Mapping[str, Any]]  # operator name (or "*") -> parameters
 
@@ -143,14 +143,17 @@ def auto_preset(prior: str) -> str | None:
 def preset_table(preset: str, solver: str) -> dict[str, dict[str, Any]]:
     """The whole per-operator table of ``solver`` in ``preset`` (empty if the preset leaves the
     solver at its defaults); an unknown preset name lists the known ones."""
-    if preset not in PRESETS:
-        raise UnknownNameError("solver preset", preset, list(PRESETS))
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise UnknownNameError("solver preset", str(preset), list(PRESETS))
     return {op: dict(values) for op, values in PRESETS[preset].get(solver, {}).items()}
 
 
 def preset_params(preset: str, solver: str, operator: str | None) -> dict[str, Any]:
     """The parameters ``preset`` sets for ``solver`` on ``operator`` (``None``: the ``"*"`` part)."""
     table = preset_table(preset, solver)
+    if operator is not None and not isinstance(operator, str):
+        raise DiffinvError(f"solver preset {preset!r}: the operator must be a name, got "
+                           f"{operator!r}")
     out = dict(table.get("*", {}))
     if operator is not None:
         out.update(table.get(operator, {}))

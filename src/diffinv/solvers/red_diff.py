@@ -63,6 +63,7 @@ from torch import Tensor
 
 from diffinv.errors import DiffinvError, UnknownNameError
 from diffinv.seeding import randn
+from diffinv.solvers._blind import BLIND_OPTION_NEEDS
 from diffinv.solvers._common import check_finite, has_fast_svd, operator_svd, progress, unpack
 from diffinv.solvers._unknowns import OperatorUnknowns, blind_unknowns, check_recentrable, recentre_kernels
 from diffinv.solvers.base import Solver, register_solver
@@ -119,6 +120,7 @@ class REDDiff(Solver):
     summary = ("RED-diff: variational mean fitted by Adam, SNR-weighted denoiser regulariser, "
                "1000 steps (any operator; blind=true: blind blur families)")
     requires = ()
+    needs = BLIND_OPTION_NEEDS
 
     def __init__(self, steps: int = 1000, lr: float = 0.1, lam: float = 0.25,
                  obs_weight: float = 1.0, weighting: str = "linear", blind: bool = False,

@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffinv.errors import DiffinvError, NonFiniteError
-from diffinv.solvers._blind import blind_problem
+from diffinv.solvers._blind import BLIND_NEEDS, blind_problem
 from diffinv.solvers.base import Solver, register_solver
 
 
@@ -164,6 +164,7 @@ class SelfDeblur(Solver):
     """
 
     requires: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[tuple[str, ...]] = BLIND_NEEDS
     summary = ("SelfDeblur (Ren et al. CVPR 2020): blind deconvolution with an untrained DIP "
                "image generator and an FC kernel generator (no diffusion prior)")
 

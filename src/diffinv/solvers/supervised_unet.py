@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError, ShapeError
-from diffinv.solvers._blind import blind_problem
+from diffinv.solvers._blind import BLIND_NEEDS, blind_problem
 from diffinv.solvers.base import Solver, register_solver
 
 RESTORERS = Path(__file__).resolve().parent.parent / "restorers"
@@ -45,14 +45,10 @@ def weights_path(weights: str) -> Path:
     return RESTORERS / f"deblur-unet-{weights}.safetensors"
 
 
-def load_deblur_net(weights: str | Path = "fashion32") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The network and its card; checks the file's SHA-256 against the card."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from diffinv.assets import sha256_file
-    from diffinv.learn.deblur_net import DeblurUNet
-
+def read_deblur_card(weights: str | Path = "fashion32") -> tuple[Path, dict[str, Any]]:
+    """The weights file and its card, checked to be a supervised deblurring network's (not, e.g.,
+    a diffusion prior's config): a JSON object with the network's settings (``net``) and the
+    image shape it was trained on. Reads no weights."""
     path = weights_path(str(weights))
     card_path = path.with_suffix(".json")
     if not path.is_file() or not card_path.is_file():
@@ -62,11 +58,40 @@ def load_deblur_net(weights: str | Path = "fashion32") -> tuple[torch.nn.Module,
                                 "`diffinv train-deblur-net --export DIR`")
     try:
         card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IntegrityError(f"{card_path} is not valid JSON: {e}") from e
+    lacking = ([] if not isinstance(card, dict) else
+               [k for k, ok in (("net", isinstance(card.get("net"), dict)),
+                                ("image_shape", isinstance(card.get("image_shape"), list)))
+                if not ok])
+    if not isinstance(card, dict) or lacking:
+        looks = (" (it looks like a diffusion prior's config: a prior is given with --prior)"
+                 if isinstance(card, dict) and ("unet" in card or "adm" in card) else "")
+        what = "does not hold a JSON object" if not isinstance(card, dict) else \
+            f"lacks {' and '.join(repr(k) for k in lacking)}"
+        raise IntegrityError(f"{path} is not a supervised deblurring network: its card "
+                             f"{card_path.name} {what}{looks}; train one with "
+                             "`diffinv train-deblur-net --export DIR`")
+    return path, card
+
+
+def load_deblur_net(weights: str | Path = "fashion32") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The network and its card (:func:`read_deblur_card`); checks the file's SHA-256 against
+    the card."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from diffinv.assets import sha256_file
+    from diffinv.learn.deblur_net import DeblurUNet
+
+    path, card = read_deblur_card(weights)
     if card.get("sha256") and sha256_file(path) != card["sha256"]:
-        raise IntegrityError(f"{path} does not match the SHA-256 of its card {card_path}")
-    net = DeblurUNet(**card["net"])
+        raise IntegrityError(f"{path} does not match the SHA-256 of its card "
+                             f"{path.with_suffix('.json')}")
+    try:
+        net = DeblurUNet(**card["net"])
+    except (TypeError, ValueError) as e:
+        raise IntegrityError(f"{path.with_suffix('.json')}: bad network settings 'net': {e}") from e
     try:
         net.load_state_dict(load_file(str(path)))
     except (SafetensorError, RuntimeError, OSError) as e:
@@ -82,11 +107,13 @@ class SupervisedUNet(Solver):
     """
 
     requires: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[tuple[str, ...]] = BLIND_NEEDS
     summary = ("supervised UNet, trained here on blind-blurred fashion32 train pairs (stands for "
                "DeblurGANv2/MPRNet/Stripformer; no diffusion prior, no kernel)")
 
     def __init__(self, weights: str = "fashion32"):
         self.weights = str(weights)
+        read_deblur_card(self.weights)  # a wrong file is refused before anything runs
         self._net: torch.nn.Module | None = None
         self.card: dict[str, Any] = {}
 

@@ -64,6 +64,8 @@ from diffinv.bench.kinds.restore import (
     _solvers,
     _split,
     _task_parts,
+    call_until_first_module,
+    cell_name,
     derived_seed,
     resolve,
     validate_entries,
@@ -147,6 +149,31 @@ def _probe_peak_mib(solver: Any, y: Any, pub: Any, prior: Any, gen: Any) -> floa
     return _cpu_probe_peak(call) / MIB
 
 
+def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
+    """Every cell's solver on image 0, as :func:`run` builds it, up to its first network
+    evaluation (:func:`~diffinv.bench.kinds.restore.call_until_first_module`): what it refuses on
+    entry stops the run before its first row."""
+    from diffinv.physics import make_operator, measure
+    from diffinv.seeding import image_generators
+
+    for cell in cells:
+        where = cell_name(cell)
+        try:
+            prior = _load_prior(ctx, cell["prior"])
+            x, _ = _images(ctx, [0])
+            op_name, op_params, noise_spec = _task_parts(cell["task"])
+            op = make_operator(op_name, **op_params).to(ctx.device)
+            solver = _solvers()(cell["method"].name, **cell["method"].params)
+            solver.progress = False
+            m = measure(x, op, noise_spec, ctx.seed, [0],
+                        domain=str(getattr(prior, "domain", "image")),
+                        source=ctx.options["dataset"])
+        except DiffinvError as e:
+            raise BenchConfigError(f"{where}: {e}") from None
+        call_until_first_module(where, solver, m.y, m.public(), prior,
+                                seed=image_generators(derived_seed(ctx.seed, "solver"), [0]))
+
+
 def _one(trace: dict[str, Any], key: str) -> int:
     v = trace[key]
     return int(v.reshape(-1)[0]) if hasattr(v, "reshape") else int(v)
@@ -213,7 +240,7 @@ register_job_kind(
     "dmplug-cost", run,
     axes=["method", "task", "prior"], replicate="image", target_key="n_images",
     options={"dataset": REQUIRED}, identity=("dataset", "device"), metrics=METRICS,
-    statistic="mean", validate=validate, resolve=resolve,
+    statistic="mean", validate=validate, resolve=resolve, rehearse=rehearse,
     description="DMPlug's cost per image: iterations to the ES-WMV stop vs the budget, NFE, "
                 "seconds, peak tensor memory of one iteration (checkpointing on/off)",
 )

@@ -45,6 +45,8 @@ from diffinv.bench.kinds.restore import (
     _load_prior,
     _solvers,
     _task_parts,
+    call_until_first_module,
+    cell_name,
     resolve,
     validate_entries,
 )
@@ -80,6 +82,27 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
         if isinstance(b.value, bool) or not isinstance(b.value, int) or b.value < 1:
             raise BenchConfigError(f"batch size {b.label!r} must be a positive integer")
     validate_entries(cells, skip=("batch",))
+
+
+def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
+    """Every (method, task, prior) of ``cells`` on a batch of one, up to the solver's first
+    network evaluation (:func:`~diffinv.bench.kinds.restore.call_until_first_module`): what the
+    solver refuses on entry stops the run before its first row."""
+    seen: set[tuple[str, ...]] = set()
+    for cell in cells:
+        key = tuple(cell[a].digest for a in ("method", "task", "prior"))
+        if key in seen:
+            continue
+        seen.add(key)
+        where = cell_name(cell)
+        try:
+            prior = _load_prior(ctx, cell["prior"])
+            solver = _solvers()(cell["method"].name, **cell["method"].params)
+            solver.progress = False
+            y, pub = _problem(ctx, cell, prior, 1)
+        except DiffinvError as e:
+            raise BenchConfigError(f"{where}: {e}") from None
+        call_until_first_module(where, solver, y, pub, prior, seed=image_seed(ctx.seed, 1_000_003))
 
 
 def _sync(device: Any) -> None:
@@ -246,6 +269,6 @@ register_job_kind(
     replicate="repeat", target_key="repeats", default_target=6,
     options={"warmup": 1, "threads": 0, "profile": True},
     identity=("device", "threads", "warmup", "profile"),
-    metrics=METRICS, statistic="median", validate=validate, resolve=resolve,
+    metrics=METRICS, statistic="median", validate=validate, resolve=resolve, rehearse=rehearse,
     description="solver seconds over the seconds of its bare network passes (batch 1 and 64)",
 )

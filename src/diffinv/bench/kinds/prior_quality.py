@@ -45,8 +45,14 @@ def _sampler(entry: Entry) -> dict[str, Any]:
     bad = set(params) - {"steps", "eta"}
     if bad:
         raise BenchConfigError(f"sampler {entry.label!r}: unknown key(s) {sorted(bad)}")
-    return {"method": entry.name, "steps": int(params.get("steps", 100)),
-            "eta": float(params.get("eta", 0.0))}
+    steps, eta = params.get("steps", 100), params.get("eta", 0.0)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise BenchConfigError(f"sampler {entry.label!r}: steps must be an integer >= 1; got "
+                               f"{steps!r}")
+    if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
+        raise BenchConfigError(f"sampler {entry.label!r}: eta must be a number in [0, 1]; got "
+                               f"{eta!r}")
+    return {"method": entry.name, "steps": steps, "eta": float(eta)}
 
 
 def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
@@ -61,9 +67,34 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
     for key in ("reference", "floor"):
         if ctx.options[key] not in SPLITS:
             raise UnknownNameError("split", ctx.options[key], list(SPLITS))
+    for key, least in (("chunk", 1), ("threads", 0)):
+        v = ctx.options[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise BenchConfigError(f"[run] {key} must be an integer >= {least}; got {v!r}")
     for cell in cells:
         _sampler(cell["sampler"])
         _prior_source(cell["prior"])
+
+
+def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
+    """What needs the loaded prior, before the first row: the sampler's steps against the prior's
+    schedule, and ``n_samples`` against the reference and floor splits of the prior's domain."""
+    from diffinv.data import load_split
+
+    for cell in cells:
+        prior = _load_prior(ctx, cell["prior"])
+        sampler = _sampler(cell["sampler"])
+        most = int(getattr(prior, "num_timesteps", sampler["steps"]))
+        if sampler["steps"] > most:
+            raise BenchConfigError(f"sampler {cell['sampler'].label!r}: steps must lie in "
+                                   f"1..{most} for prior {cell['prior'].label!r}; got "
+                                   f"{sampler['steps']}")
+        n = int(ctx.options["n_samples"])
+        for key in ("reference", "floor"):
+            have = len(load_split(prior.domain, ctx.options[key]))
+            if have < n:
+                raise BenchConfigError(f"n_samples {n} exceeds the {have} images of the "
+                                       f"{ctx.options[key]} split of {prior.domain}")
 
 
 def _cache_dir(sha: str, sampler: dict[str, Any], seed: int) -> Path:
@@ -167,6 +198,6 @@ register_job_kind(
     axes=["prior", "sampler"], replicate="evaluation", target_key="evaluations", default_target=1,
     options={"n_samples": 2000, "reference": "test", "floor": "train", "chunk": 250, "threads": 0},
     identity=("n_samples", "reference", "floor"),
-    metrics=METRICS, statistic="mean", validate=validate, resolve=resolve,
+    metrics=METRICS, statistic="mean", validate=validate, resolve=resolve, rehearse=rehearse,
     description="FID of a prior's samples against held-out images, with the train-vs-test floor",
 )

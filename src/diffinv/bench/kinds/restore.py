@@ -328,10 +328,23 @@ class Restored:
     extra: dict[str, Any]
 
 
-def restore_batch(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> Restored:
-    """Steps 1-3 of the module docstring for images ``indices`` of ``cell``."""
-    import torch
+@dataclass
+class _Setup:
+    """What a batch of a cell hands its solver: everything up to the solver call."""
 
+    x: Any
+    labels: Any
+    measurement: Any
+    public: Any
+    solver: Any
+    prior: Any
+    generators: Any
+    solver_seed: int
+
+
+def _setup(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> _Setup:
+    """Steps 1-2 of the module docstring, and the solver, its per-image generators and the public
+    measurement it receives, for images ``indices`` of ``cell``."""
     from diffinv.physics import make_operator, measure
     from diffinv.seeding import image_generators
 
@@ -347,21 +360,86 @@ def restore_batch(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> Restor
                 domain=str(getattr(prior, "domain", "image")), source=ctx.options["dataset"])
     solver_seed = derived_seed(ctx.seed, "solver")
     gens = image_generators(solver_seed, list(indices))
-    cuda = torch.device(ctx.device).type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(ctx.device)
     public = m.public()
     if known:  # a labelled reference: the blind family's hidden parameters made public
         from dataclasses import replace
 
         public = replace(public, blind=False, params={**public.params, **m.true_params})
-    result = solver(m.y, public, prior, seed=gens,
-                    **_evaluation_kwargs(solver, ctx.metrics, x))
+    return _Setup(x, labels, m, public, solver, prior, gens, solver_seed)
+
+
+def restore_batch(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> Restored:
+    """Steps 1-3 of the module docstring for images ``indices`` of ``cell``."""
+    import torch
+
+    s = _setup(ctx, cell, indices)
+    cuda = torch.device(ctx.device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    result = s.solver(s.measurement.y, s.public, s.prior, seed=s.generators,
+                      **_evaluation_kwargs(s.solver, ctx.metrics, s.x))
     extra: dict[str, Any] = {"batch_solver_seconds": float(result.seconds),
-                             "solver_seed": solver_seed}
+                             "solver_seed": s.solver_seed}
     if cuda:
         extra["peak_memory_mb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
-    return Restored(x, labels, m, result, extra)
+    return Restored(s.x, s.labels, s.measurement, result, extra)
+
+
+class _Rehearsed(BaseException):
+    """Ends a rehearsal at the solver's first network (module) evaluation. A BaseException, so
+    that a solver's ``except Exception`` cannot mistake it for a failure of its own."""
+
+
+def call_until_first_module(where: str, solver: Any, *args: Any, **kwargs: Any) -> None:
+    """Call ``solver(*args, **kwargs)`` up to its first evaluation of a torch module (a network or
+    an operator) and stop it there: whatever the solver checks on entry runs, no real work does.
+    A :class:`~diffinv.errors.DiffinvError` it raises becomes a :class:`BenchConfigError` headed
+    by ``where`` (the cell). A solver that evaluates no module (a classical method) runs to the
+    end."""
+    import torch
+
+    def stop(module: Any, inputs: Any) -> None:
+        raise _Rehearsed
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(stop)
+    try:
+        solver(*args, **kwargs)
+    except _Rehearsed:
+        pass
+    except DiffinvError as e:
+        raise BenchConfigError(f"{where}: {e}") from None
+    finally:
+        handle.remove()
+
+
+def cell_name(cell: Cell, axes: Sequence[str] = ("method", "task", "prior")) -> str:
+    """``method 'DPS' on task 'sr4' with prior 'fashion32'``: a cell in an error message."""
+    words = {"method": "method", "task": "on task", "prior": "with prior"}
+    return " ".join(f"{words.get(a, a)} {cell[a].label!r}" for a in axes if a in cell.axes)
+
+
+def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
+    """Run every (method, task, prior) of ``cells`` on image 0 as its cell's first batch would,
+    up to the solver's first evaluation of a network or operator module
+    (:func:`call_until_first_module`), so whatever the solver checks on entry (a blind operator
+    given to a non-blind solver or the reverse, a noise model it does not handle, ``steps = 0``
+    or another count it refuses, a prior of another domain) stops the run before its first row,
+    naming the cell. Nothing is written.
+    """
+    seen: set[tuple[str, ...]] = set()
+    for cell in cells:
+        key = tuple(cell[a].digest for a in ("method", "task", "prior"))
+        if key in seen:
+            continue
+        seen.add(key)
+        where = cell_name(cell)
+        try:
+            s = _setup(ctx, cell, [0])
+            kwargs = _evaluation_kwargs(s.solver, ctx.metrics, s.x)
+        except DiffinvError as e:
+            raise BenchConfigError(f"{where}: {e}") from None
+        call_until_first_module(where, s.solver, s.measurement.y, s.public, s.prior,
+                                seed=s.generators, **kwargs)
 
 
 def _kernel_error(batch: Restored) -> list[float]:
@@ -422,6 +500,6 @@ register_job_kind(
     "restore", run,
     axes=["method", "task", "prior"], replicate="image", target_key="n_images",
     options={"dataset": REQUIRED}, identity=("dataset",), metrics=None, statistic="mean",
-    validate=validate, resolve=resolve,
+    validate=validate, resolve=resolve, rehearse=rehearse,
     description="measure dataset images, restore them with a solver and a prior, score them",
 )
