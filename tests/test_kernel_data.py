@@ -51,3 +51,29 @@ def test_bad_inputs():
         image_to_kernel(torch.zeros(1, 2, 12, 12), 9)
     with pytest.raises(DiffinvError, match="kernels9"):
         load_split("kernels7", "train")
+
+
+def test_wide_split_cycles_through_the_families():
+    from diffinv.data.kernels import KERNEL_MIX, KINDS
+    from diffinv.physics.kernel_families import make_family
+    from diffinv.seeding import image_seed
+
+    v = load_split("kernels9-wide", "valid")
+    assert v.images.shape == (2000, 1, 12, 12)
+    mix = KERNEL_MIX["kernels9-wide"]
+    assert mix == ("motion", "gaussian", "motion-wide", "gaussian-wide", "gaussian-anisotropic",
+                   "airy", "disk", "motion-wide")  # as documented; today's families included
+    assert torch.bincount(v.labels).tolist() == [250, 250, 500, 250, 250, 250, 250]
+    assert v.labels[:8].tolist() == [KINDS.index(f) for f in mix]
+    assert v.labels.tolist() == [KINDS.index(mix[j % 8]) for j in range(2000)]
+    for j in (2, 5, 6, 9):  # kernel j = family mix[j % 8] drawn from the split's stream
+        g = torch.Generator().manual_seed(image_seed(1, j))
+        want = make_family(mix[j % 8]).draw(9, g)
+        assert torch.allclose(image_to_kernel(v.images[j:j + 1], 9)[0], want.float(), atol=1e-6)
+    assert torch.equal(draw_kernel(3, 1, 9, mix)[0], draw_kernel(3, 1, 9, mix)[0])
+    assert all(not torch.equal(draw_kernel(j, 0, 9, mix)[0], draw_kernel(j, 1, 9, mix)[0])
+               for j in range(8))  # train and valid differ
+    # kernels9 is unchanged: its default cycle is (motion, gaussian)
+    assert torch.equal(draw_kernel(4, 1, 9)[0], draw_kernel(4, 1, 9, ("motion", "gaussian"))[0])
+    with pytest.raises(DiffinvError, match="unknown kernel family"):
+        draw_kernel(0, 1, 9, ("zernike",))

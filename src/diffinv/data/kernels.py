@@ -7,6 +7,14 @@ motion kernel of intensity 0.5 (:func:`~diffinv.physics.kernels.motion_kernel`, 
 default), odd ``j`` an isotropic Gaussian of standard deviation ``U(1, 2)`` px (the family's
 ``std_range``). Train: 20,000 kernels (seed 0); valid: 2,000 (seed 1); test: 2,000 (seed 2).
 
+``kernels9-wide`` (issue 42) has the same sizes, seeds and canvas, with kernels from the families
+of :mod:`diffinv.physics.kernel_families` in a cycle of eight: kernel ``j`` comes from family
+``KERNEL_MIX["kernels9-wide"][j % 8]`` = today's motion, today's Gaussian, wide motion, wide
+Gaussian, anisotropic Gaussian, Airy, disk, wide motion (so 3/8 motion, 1/4 isotropic Gaussian,
+1/8 each anisotropic, Airy, disk). Labels are the family's index in :data:`KINDS` (0 motion,
+1 Gaussian: those of ``kernels9``; 2 wide motion, 3 wide Gaussian, 4 anisotropic Gaussian,
+5 Airy, 6 disk). :func:`draw_kernel` takes the cycle as its ``families`` option.
+
 **Kernel <-> image.** A kernel ``k >= 0`` summing to 1 is the image ``2 k / max(k) - 1`` on its
 ``9 x 9`` window, placed in a ``12 x 12`` canvas of background ``-1`` (zero kernel) at offset
 ``(1, 1)`` (rows and columns 1..9; the canvas is even so that the UNet can halve it twice,
@@ -24,11 +32,19 @@ import torch
 from torch import Tensor
 
 from diffinv.errors import DiffinvError, ShapeError
-from diffinv.physics.kernels import gaussian_kernel, motion_kernel
+from diffinv.physics.kernel_families import FAMILIES, make_family
 from diffinv.seeding import image_seed
 
 #: name -> (kernel size, canvas size)
-KERNEL_SETS: dict[str, tuple[int, int]] = {"kernels9": (9, 12)}
+KERNEL_SETS: dict[str, tuple[int, int]] = {"kernels9": (9, 12), "kernels9-wide": (9, 12)}
+#: name -> the kernel families (:mod:`diffinv.physics.kernel_families`) kernel ``j`` cycles through
+KERNEL_MIX: dict[str, tuple[str, ...]] = {
+    "kernels9": ("motion", "gaussian"),
+    "kernels9-wide": ("motion", "gaussian", "motion-wide", "gaussian-wide",
+                      "gaussian-anisotropic", "airy", "disk", "motion-wide"),
+}
+#: label of a kernel = the index of its family here
+KINDS: tuple[str, ...] = tuple(FAMILIES)
 SIZES = {"train": 20_000, "valid": 2_000, "test": 2_000}
 SEEDS = {"train": 0, "valid": 1, "test": 2}
 MOTION_INTENSITY = 0.5
@@ -68,20 +84,34 @@ def image_to_kernel(image: Tensor, size: int) -> Tensor:
     return torch.where(s > 0, w / torch.where(s > 0, s, torch.ones_like(s)), uniform)
 
 
-def draw_kernel(index: int, seed: int, size: int) -> tuple[Tensor, int]:
-    """Kernel ``index`` of the stream ``seed``: (``(size, size)`` float64, kind 0 motion / 1 Gaussian)."""
+@lru_cache(maxsize=16)
+def _family(name: str):
+    if name == "motion":
+        return make_family(name, intensity=MOTION_INTENSITY)
+    if name == "gaussian":
+        return make_family(name, std_range=GAUSSIAN_STD)
+    return make_family(name)
+
+
+def draw_kernel(index: int, seed: int, size: int,
+                families: tuple[str, ...] = KERNEL_MIX["kernels9"]) -> tuple[Tensor, int]:
+    """Kernel ``index`` of the stream ``seed``: (``(size, size)`` float64, kind), drawn from
+    family ``families[index % len(families)]`` (default: ``kernels9``'s, even ``index`` motion,
+    odd Gaussian); ``kind`` is that family's index in :data:`KINDS`."""
+    if not families:
+        raise DiffinvError("draw_kernel needs at least one kernel family")
+    name = families[index % len(families)]
+    if name not in KINDS:
+        raise DiffinvError(f"unknown kernel family {name!r}; known: {', '.join(KINDS)}")
     g = torch.Generator().manual_seed(image_seed(seed, index))
-    if index % 2 == 0:
-        return motion_kernel(size, MOTION_INTENSITY, g), 0
-    lo, hi = GAUSSIAN_STD
-    std = lo + (hi - lo) * torch.rand((), generator=g, dtype=torch.float64)
-    return gaussian_kernel(size, std), 1
+    return _family(name).draw(size, g), KINDS.index(name)
 
 
 @lru_cache(maxsize=8)
 def _split(name: str, split: str) -> tuple[Tensor, Tensor]:
     size, canvas = KERNEL_SETS[name]
-    ks, kinds = zip(*(draw_kernel(j, SEEDS[split], size) for j in range(SIZES[split])),
+    mix = KERNEL_MIX[name]
+    ks, kinds = zip(*(draw_kernel(j, SEEDS[split], size, mix) for j in range(SIZES[split])),
                     strict=True)
     kernels = torch.stack(ks).float()
     return kernel_to_image(kernels, canvas), torch.tensor(kinds, dtype=torch.int64)
