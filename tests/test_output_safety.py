@@ -245,3 +245,16 @@ def test_demo_writes_a_whole_folder_and_never_a_users_files(sandbox, capsys):
     assert main(["demo", "--solver", "ddrm", "-n", "1", "-o", "d"]) == 0
     assert main(["demo", "--solver", "ddrm", "-n", "1", "-o", "d", "--overwrite"]) == 0
     assert {p.name for p in (sandbox / "d").iterdir()} == {MARKER, "demo.png", "metrics.json"}
+
+
+def test_measure_announces_a_whole_split(sandbox, capsys, monkeypatch):
+    import diffinv.data
+
+    def small_split(spec):
+        return torch.zeros(2, 1, 8, 8), torch.zeros(2), [0, 1]
+
+    monkeypatch.setattr(diffinv.data, "get_images", small_split)
+    assert main(["measure", "--dataset", "fashion32:test", "--op", "identity", "-o", "w"]) == 0
+    assert "every image of the split" in capsys.readouterr().err
+    assert main(["measure", "--dataset", "fashion32:test:0-1", "--op", "identity", "-o", "v"]) == 0
+    assert "every image" not in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from diffinv.cli import noise_help, positive_int
 
@@ -119,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         from diffinv.data import get_images
         from diffinv.data.datasets import canonical_name
 
+        if args.dataset.strip().count(":") < 2:  # DATASET:SPLIT, no indices
+            print(f"diffinv measure: note: {args.dataset} names no images, so every image of the "
+                  f"split is measured (e.g. {args.dataset.strip()}:0-7 selects eight)",
+                  file=sys.stderr)
         x, _, indices = get_images(args.dataset)
         domain = args.domain or canonical_name(args.dataset.split(":", 1)[0])
         source = args.dataset
