@@ -5,7 +5,9 @@ warping error.
 * :mod:`~diffinv.video.flow`: the flow convention, backward warping, OpenCV flow estimation;
 * :mod:`~diffinv.video.data`: clips with known motion from the 32x32 images (``get_clips``);
 * :mod:`~diffinv.video.operators`: per-frame and temporal operators (``make_clip_operator``);
-* :mod:`~diffinv.video.metrics`: the warping error (``warping_error``).
+* :mod:`~diffinv.video.metrics`: the warping error (``warping_error``);
+* :mod:`~diffinv.video.measurement`: clip measurements (``measure_clip``, save and load);
+* :mod:`~diffinv.video.dmplug`: the dmplug-video solver (``DMPlugVideo``, imported on first use).
 """
 
 from diffinv.video.clips import MIN_FRAMES, check_clip, check_flow, stack_frames
@@ -21,6 +23,12 @@ from diffinv.video.data import (
     similarity_clip,
 )
 from diffinv.video.flow import estimate_flow, fb_consistent, warp_backward, warp_clip
+from diffinv.video.measurement import (
+    ClipMeasurement,
+    load_clip_measurement,
+    measure_clip,
+    save_clip_measurement,
+)
 from diffinv.video.metrics import warping_error, warping_error_estimated
 from diffinv.video.operators import (
     CLIP_OPERATORS,
@@ -38,4 +46,15 @@ __all__ = [
     "clip_generator", "estimate_flow", "fb_consistent", "get_clips", "list_clip_operators",
     "make_clip", "make_clip_operator", "make_clips", "similarity_clip", "stack_frames",
     "warp_backward", "warp_clip", "warping_error", "warping_error_estimated",
+    "ClipMeasurement", "measure_clip", "save_clip_measurement", "load_clip_measurement",
+    "DMPlugVideo",
 ]
+
+
+def __getattr__(name: str):
+    # the solver pulls in the solver stack: imported when first asked for
+    if name == "DMPlugVideo":
+        from diffinv.video.dmplug import DMPlugVideo
+
+        return DMPlugVideo
+    raise AttributeError(f"module 'diffinv.video' has no attribute {name!r}")
