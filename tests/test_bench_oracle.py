@@ -114,11 +114,11 @@ def test_a_row_of_a_per_iteration_log_needs_one():
 
 def test_a_prior_entry_may_set_the_precision():
     from diffinv.bench.errors import BenchConfigError
-    from diffinv.bench.kinds.restore import _prior_source
+    from diffinv.bench.kinds.common import prior_source
     from diffinv.bench.spec import Entry
 
-    assert _prior_source(Entry.parse("prior", {"name": "fashion32", "precision": "bf16"})) == "fashion32"
+    assert prior_source(Entry.parse("prior", {"name": "fashion32", "precision": "bf16"})) == "fashion32"
     with pytest.raises(BenchConfigError, match="precision"):
-        _prior_source(Entry.parse("prior", {"name": "fashion32", "precision": "int8"}))
+        prior_source(Entry.parse("prior", {"name": "fashion32", "precision": "int8"}))
     with pytest.raises(BenchConfigError, match="unknown key"):
-        _prior_source(Entry.parse("prior", {"name": "fashion32", "dtype": "bf16"}))
+        prior_source(Entry.parse("prior", {"name": "fashion32", "dtype": "bf16"}))

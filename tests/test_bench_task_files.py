@@ -41,12 +41,12 @@ def test_task_file_parses_and_validates(path):
     text = path.read_text()
     assert text.startswith("#") and f"diffinv bench benchmarks/tasks/{path.name}" in text
     if "task" in plan.cells[0].axes and "method" in plan.cells[0].axes:
-        from diffinv.bench.kinds.restore import _task_parts, solver_params
+        from diffinv.bench.kinds.common import solver_params, task_parts
         from diffinv.physics import make_operator
         from diffinv.solvers import make_solver
 
         for c in plan.cells:  # every solver accepts its cell's operator (SVD, linearity)
-            op, params, _ = _task_parts(c["task"])
+            op, params, _ = task_parts(c["task"])
             try:
                 solver = make_solver(c["method"].name, operator=op, **solver_params(c["method"])[0])
             except MissingAssetError as e:  # weights the task file names but git does not ship

@@ -528,7 +528,7 @@ def test_mutated_task_files_load_or_are_refused(workdir, data):
 @FAST
 @given(data=st.data())
 def test_random_task_files_load_or_are_refused(workdir, data):
-    from diffinv.bench.jobs import job_kinds
+    from diffinv.bench.catalog import job_kinds
 
     grid_keys = ["methods", "tasks", "priors", "metrics", "configs", "batch_sizes", "passes",
                  "samplers", "grid", "cell", "method", "junk"]

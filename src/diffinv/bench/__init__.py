@@ -4,18 +4,19 @@
 the grid of a task file into units of work, appends one JSON row per unit as it goes (a rerun
 skips the units that have a row), and renders ``NAME.md`` / ``NAME.csv`` with a mean (or median),
 a 95% interval and N per cell. What a unit *is* comes from a job kind (:mod:`diffinv.bench.jobs`):
-"restore" (solve an inverse problem and score it) and "network-speed" (time a UNet) are built in,
-and :func:`register_job_kind` adds more without touching the runner.
+"restore" (solve an inverse problem and score it), "network-speed" (time a UNet) and the others
+of :mod:`diffinv.bench.kinds` are built in, and :func:`register_job_kind` adds more without
+touching the runner. ``diffinv bench --help`` prints the task-file format
+(:mod:`diffinv.bench.taskformat`).
 """
 
+from diffinv.bench.catalog import get_job_kind, job_kinds
 from diffinv.bench.errors import BenchConfigError, BenchRecordError
 from diffinv.bench.jobs import (
     REQUIRED,
     JobKind,
     RunContext,
     UnitResult,
-    get_job_kind,
-    job_kinds,
     register_job_kind,
     unregister_job_kind,
 )

@@ -7,21 +7,20 @@ replicate index counts, its own ``[run]`` options and which of them identify a r
 statistic its tables report. The runner knows nothing else about it, so a later issue adds a kind
 with :func:`register_job_kind` and no change to the runner.
 
-Built-in kinds ("restore", "network-speed") live in :mod:`diffinv.bench.kinds` and register on
-first lookup; modules named in ``[run] plugins`` are imported before the lookup, so a task file
-can use kinds defined elsewhere.
+This module is the registry only: it imports no kind. Built-in kinds ("restore",
+"network-speed", ...) live in :mod:`diffinv.bench.kinds` and register when imported;
+:mod:`diffinv.bench.catalog` looks a kind up by name, importing them on first use, and imports the
+modules named in ``[run] plugins`` first, so a task file can use kinds defined elsewhere.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from diffinv.bench.errors import BenchConfigError
 from diffinv.bench.spec import Axis, Cell, Entry
-from diffinv.errors import UnknownNameError
 
 STATISTICS = ("mean", "median")
 
@@ -84,6 +83,10 @@ class JobKind:
         to do and before the first row is written: tries each cell as far as it can go without
         real work (restore: every check a solver makes on entry), so a cell that would fail at
         its first unit stops the run before any row (raises a DiffinvError).
+    description: one line on what a unit is (``diffinv bench --help`` prints it).
+    help: one line per key, for ``diffinv bench --help``: the kind's ``[run]`` options, its
+        target key, its axes (what a value of that axis is, by the axis name) and "metrics"
+        (which metric names it takes).
     """
 
     name: str
@@ -101,6 +104,7 @@ class JobKind:
     resolve: ResolveFn | None = None
     rehearse: ValidateFn | None = None
     description: str = ""
+    help: Mapping[str, str] = field(default_factory=dict)
 
 
 class _Required:
@@ -111,7 +115,6 @@ class _Required:
 REQUIRED: Any = _Required()
 
 _KINDS: dict[str, JobKind] = {}
-_BUILTINS_LOADED = False
 
 
 def register_job_kind(name: str, fn: JobFn, *, replace: bool = False, **spec: Any) -> JobKind:
@@ -131,6 +134,11 @@ def register_job_kind(name: str, fn: JobFn, *, replace: bool = False, **spec: An
     kind = JobKind(name=name, run=fn, **spec)
     if kind.statistic not in STATISTICS:
         raise BenchConfigError(f"job kind {name!r}: statistic must be one of {STATISTICS}")
+    stray = sorted(set(kind.help) - set(kind.options) - {kind.target_key, "metrics"}
+                   - {a.name for a in kind.axes})
+    if stray:
+        raise BenchConfigError(f"job kind {name!r}: help for {stray}, which are neither its "
+                               "options, its target key, its axes nor metrics")
     _KINDS[name] = kind
     return kind
 
@@ -140,32 +148,7 @@ def unregister_job_kind(name: str) -> None:
     _KINDS.pop(name, None)
 
 
-def _load_builtins() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        importlib.import_module("diffinv.bench.kinds")
-        _BUILTINS_LOADED = True
-
-
-def import_plugins(modules: Sequence[str]) -> None:
-    """Import the modules that register job kinds; a missing one is a clear error."""
-    for mod in modules:
-        if not isinstance(mod, str) or not mod.strip() or mod.startswith("."):
-            raise BenchConfigError(f"plugin {mod!r}: expected an (absolute) module name")
-        try:
-            importlib.import_module(mod)
-        except ImportError as e:  # not found, or it failed to import what it needs
-            raise BenchConfigError(f"plugin module {mod!r} cannot be imported: {e}") from None
-
-
-def get_job_kind(name: str) -> JobKind:
-    """The kind registered as ``name``; :class:`~diffinv.errors.UnknownNameError` otherwise."""
-    _load_builtins()
-    if name not in _KINDS:
-        raise UnknownNameError("job kind", name, list(_KINDS))
-    return _KINDS[name]
-
-
-def job_kinds() -> list[str]:
-    _load_builtins()
-    return sorted(_KINDS)
+def registered_kinds() -> dict[str, JobKind]:
+    """Every kind registered so far, by name (the built-in ones once
+    :mod:`diffinv.bench.kinds` is imported: :func:`diffinv.bench.catalog.get_job_kind`)."""
+    return dict(_KINDS)

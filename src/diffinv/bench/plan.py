@@ -1,22 +1,8 @@
 """A run plan: the task file checked against its job kind, its cells, and the unit keys.
 
-``[run]`` keys every kind accepts:
-
-    name        run name: file names NAME.jsonl / NAME.md / NAME.csv (default: task file stem)
-    kind        job kind (default "restore")
-    title       heading of the report (default: the name)
-    notes       text printed under the report header (conventions, what the numbers mean)
-    seed        run seed (default 0); unit i uses seeds derived from (seed, i)
-    output      output directory, relative to the task file (default: the task file's directory)
-    batch_size  units handed to the job function at once (default 1)
-    device      torch device, e.g. "cpu", "cuda" (torchrun: "cuda" -> cuda:LOCAL_RANK)
-    plugins     modules to import first (they register job kinds)
-    reuse       names of other runs in the same output directory whose rows count as this run's
-                where their unit key is one of this run's (same kind, seed, identifying options,
-                cell, resolved identities and index: the same computation), so two tables that
-                share cells compute them once; metrics the other run did not record are blank
-
-plus the kind's target key (``n_images`` for "restore") and its own options.
+``[run]`` keys every kind accepts are those of :data:`COMMON_KEYS` (their defaults; what each
+means is :data:`COMMON_KEY_HELP`, which ``diffinv bench --help`` prints), plus the kind's target
+key (``n_images`` for "restore") and its own options.
 
 A unit is (cell, index) with 0 <= index < the cell's target. Its key is a digest of the job kind,
 the seed, the kind's identifying options, the digest of each axis value, the resolved identity of
@@ -33,12 +19,28 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from diffinv.bench.catalog import get_job_kind, import_plugins
 from diffinv.bench.errors import BenchConfigError
-from diffinv.bench.jobs import REQUIRED, JobKind, get_job_kind, import_plugins
+from diffinv.bench.jobs import REQUIRED, JobKind
 from diffinv.bench.spec import Cell, TaskFile, digest, expand_grid, read_task_file
 
 COMMON_KEYS = {"name": None, "kind": "restore", "title": None, "notes": "", "seed": 0,
                "output": None, "batch_size": 1, "device": "cpu", "plugins": [], "reuse": []}
+
+#: one line per key of :data:`COMMON_KEYS`
+COMMON_KEY_HELP = {
+    "name": "run name: file names NAME.jsonl / NAME.md / NAME.csv (default: the task file's stem)",
+    "kind": "job kind (below)",
+    "title": "heading of the report (default: the name)",
+    "notes": "text printed under the report header (conventions, what the numbers mean)",
+    "seed": "run seed; unit i uses seeds derived from (seed, i)",
+    "output": "output directory, relative to the task file (default: the task file's directory)",
+    "batch_size": "units handed to the job function at once",
+    "device": 'torch device, e.g. "cpu", "cuda" (torchrun: "cuda" -> cuda:LOCAL_RANK)',
+    "plugins": "modules to import first (they register job kinds)",
+    "reuse": "names of other runs in the same output directory whose rows count as this run's "
+             "where their unit key is one of this run's (the same computation)",
+}
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,40 @@ import shlex
 import sys
 import textwrap
 
-from diffinv.bench.spec import TASK_FILE_FORMAT
 from diffinv.cli import add_threads_option
+
+
+class _TaskFileFormat(str):
+    """The epilog's place: :class:`_BenchHelp` writes the task-file format there."""
+
+
+class _BenchHelp(argparse.RawDescriptionHelpFormatter):
+    """Renders the task-file format (:func:`diffinv.bench.taskformat.task_file_format`, derived
+    from the registered job kinds) when help is printed, not when the parser is built, so that
+    building the CLI imports no job kind."""
+
+    def add_text(self, text: str | None) -> None:
+        if isinstance(text, _TaskFileFormat):
+            from diffinv.bench.taskformat import task_file_format
+
+            text = task_file_format()
+        super().add_text(text)
+
+
+class _ExplainFormat(argparse.Action):
+    """``--explain-format``: print the task-file format and exit (no FILE.toml needed)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the task-file format (every [run] key, job kind, grid axis "
+                              "and option, derived from the registered kinds) and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from diffinv.bench.taskformat import task_file_format
+
+        sys.stdout.write(task_file_format())
+        parser.exit()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,10 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "A rerun resumes: units with a row are skipped. The report NAME.md / NAME.csv (mean or "
             "median with a 95% interval and N per cell) merges every results file of the run. "
             "Under torchrun each rank takes its share of the units (RANK/WORLD_SIZE).", 78),
-        epilog=TASK_FILE_FORMAT,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_TaskFileFormat(),
+        formatter_class=_BenchHelp,
     )
     p.add_argument("task", metavar="FILE.toml", help="task file (format below)")
+    p.add_argument("--explain-format", action=_ExplainFormat)
     p.add_argument("--shard", metavar="I/N", default=None,
                    help="do only shard I of N (0-based) of the units; each shard writes its own "
                         "file, the report merges them")

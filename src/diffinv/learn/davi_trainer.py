@@ -479,7 +479,7 @@ def export_davi(ckpt: str | Path, out_dir: str | Path, name: str | None = None, 
     from safetensors.torch import save_file
 
     from diffinv.assets import sha256_file
-    from diffinv.bench.machine import machine_info
+    from diffinv.machine import machine_info
 
     if name is not None:
         check_export_name(name)

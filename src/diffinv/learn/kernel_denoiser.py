@@ -165,8 +165,8 @@ def export(ckpt: Path, out_dir: Path, name: str, command: str) -> Path:
     from safetensors.torch import save_file
 
     from diffinv.assets import sha256_file
-    from diffinv.bench.machine import cpu_model
     from diffinv.learn.checkpoint import load_checkpoint
+    from diffinv.machine import cpu_model
 
     state = load_checkpoint(ckpt)
     cfg = state["config"]

@@ -57,17 +57,19 @@ from typing import Any
 
 from diffinv.bench.errors import BenchConfigError
 from diffinv.bench.jobs import REQUIRED, RunContext, UnitResult, register_job_kind
-from diffinv.bench.kinds.restore import (
-    _dataset,
-    _images,
-    _load_prior,
-    _solvers,
-    _split,
-    _task_parts,
+from diffinv.bench.kinds.common import (
+    AXIS_HELP,
+    DATASET_HELP,
+    cached_prior,
     call_until_first_module,
     cell_name,
+    dataset_images,
+    dataset_split,
     derived_seed,
-    resolve,
+    parse_dataset,
+    resolve_identity,
+    solver_factory,
+    task_parts,
     validate_entries,
 )
 from diffinv.bench.spec import Cell
@@ -83,7 +85,7 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
     Adam, valid parameters), operator, noise and prior source, before any work."""
     from diffinv.data import SPLITS, canonical_name
 
-    name, split = _dataset(str(ctx.options["dataset"]))
+    name, split = parse_dataset(str(ctx.options["dataset"]))
     canonical_name(name)
     if split not in SPLITS:
         raise UnknownNameError("split", split, list(SPLITS))
@@ -100,7 +102,7 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
                                    "Adam DMPlug (an L-BFGS 'iteration' is one evaluation, not "
                                    "one step of the budget)")
     validate_entries(cells)
-    n = len(_split(ctx))
+    n = len(dataset_split(ctx))
     most = max(c.target for c in cells)
     if most > n:
         raise BenchConfigError(f"n_images {most} exceeds the {n} images of {name}:{split}")
@@ -151,7 +153,7 @@ def _probe_peak_mib(solver: Any, y: Any, pub: Any, prior: Any, gen: Any) -> floa
 
 def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
     """Every cell's solver on image 0, as :func:`run` builds it, up to its first network
-    evaluation (:func:`~diffinv.bench.kinds.restore.call_until_first_module`): what it refuses on
+    evaluation (:func:`~diffinv.bench.kinds.common.call_until_first_module`): what it refuses on
     entry stops the run before its first row."""
     from diffinv.physics import make_operator, measure
     from diffinv.seeding import image_generators
@@ -159,11 +161,11 @@ def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
     for cell in cells:
         where = cell_name(cell)
         try:
-            prior = _load_prior(ctx, cell["prior"])
-            x, _ = _images(ctx, [0])
-            op_name, op_params, noise_spec = _task_parts(cell["task"])
+            prior = cached_prior(ctx, cell["prior"])
+            x, _ = dataset_images(ctx, [0])
+            op_name, op_params, noise_spec = task_parts(cell["task"])
             op = make_operator(op_name, **op_params).to(ctx.device)
-            solver = _solvers()(cell["method"].name, **cell["method"].params)
+            solver = solver_factory()(cell["method"].name, **cell["method"].params)
             solver.progress = False
             m = measure(x, op, noise_spec, ctx.seed, [0],
                         domain=str(getattr(prior, "domain", "image")),
@@ -186,11 +188,11 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
     from diffinv.seeding import image_generators
 
     method, task = cell["method"], cell["task"]
-    prior = _load_prior(ctx, cell["prior"])
-    x, _ = _images(ctx, indices)
-    op_name, op_params, noise_spec = _task_parts(task)
+    prior = cached_prior(ctx, cell["prior"])
+    x, _ = dataset_images(ctx, indices)
+    op_name, op_params, noise_spec = task_parts(task)
     op = make_operator(op_name, **op_params).to(ctx.device)
-    make_solver = _solvers()
+    make_solver = solver_factory()
     solver = make_solver(method.name, **method.params)
     probe = make_solver(method.name, **{**method.params, "iterations": 1})
     solver.progress = probe.progress = False
@@ -240,7 +242,12 @@ register_job_kind(
     "dmplug-cost", run,
     axes=["method", "task", "prior"], replicate="image", target_key="n_images",
     options={"dataset": REQUIRED}, identity=("dataset", "device"), metrics=METRICS,
-    statistic="mean", validate=validate, resolve=resolve, rehearse=rehearse,
+    statistic="mean", validate=validate, resolve=resolve_identity, rehearse=rehearse,
     description="DMPlug's cost per image: iterations to the ES-WMV stop vs the budget, NFE, "
                 "seconds, peak tensor memory of one iteration (checkpointing on/off)",
+    help={**AXIS_HELP,
+          "method": "a DMPlug configuration: name = \"dmplug\" with its parameters (steps, "
+                    "checkpoint, iterations, early_stop = \"wmv\" with window and patience)",
+          "dataset": DATASET_HELP,
+          "n_images": "images per cell, each solved alone"},
 )

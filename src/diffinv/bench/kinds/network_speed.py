@@ -28,6 +28,7 @@ from typing import Any
 
 from diffinv.bench.errors import BenchConfigError
 from diffinv.bench.jobs import RunContext, UnitResult, register_job_kind
+from diffinv.bench.kinds.common import THREADS_HELP
 from diffinv.bench.spec import Cell
 from diffinv.errors import UnknownNameError
 from diffinv.seeding import image_seed
@@ -162,4 +163,12 @@ register_job_kind(
     identity=("device", "threads", "dtype", "calls", "warmup"),
     metrics=METRICS, statistic="median", validate=validate,
     description="seconds per UNet evaluation (forward; forward+backward w.r.t. the input)",
+    help={"config": "a table of diffinv.diffusion.unet.UNet arguments with a name",
+          "batch": "a batch size (an integer)",
+          "pass": " or ".join(f'"{p}"' for p in PASSES),
+          "repeats": "timed repeats per cell (the table gives their median)",
+          "warmup": "untimed evaluations before the repeats of a job call",
+          "calls": "evaluations timed together in one repeat",
+          "threads": THREADS_HELP,
+          "dtype": f"the network's dtype: {', '.join(DTYPES)}"},
 )

@@ -41,13 +41,15 @@ from typing import Any
 
 from diffinv.bench.errors import BenchConfigError
 from diffinv.bench.jobs import RunContext, UnitResult, register_job_kind
-from diffinv.bench.kinds.restore import (
-    _load_prior,
-    _solvers,
-    _task_parts,
+from diffinv.bench.kinds.common import (
+    AXIS_HELP,
+    THREADS_HELP,
+    cached_prior,
     call_until_first_module,
     cell_name,
-    resolve,
+    resolve_identity,
+    solver_factory,
+    task_parts,
     validate_entries,
 )
 from diffinv.bench.spec import Cell
@@ -86,7 +88,7 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
 
 def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
     """Every (method, task, prior) of ``cells`` on a batch of one, up to the solver's first
-    network evaluation (:func:`~diffinv.bench.kinds.restore.call_until_first_module`): what the
+    network evaluation (:func:`~diffinv.bench.kinds.common.call_until_first_module`): what the
     solver refuses on entry stops the run before its first row."""
     seen: set[tuple[str, ...]] = set()
     for cell in cells:
@@ -96,8 +98,8 @@ def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
         seen.add(key)
         where = cell_name(cell)
         try:
-            prior = _load_prior(ctx, cell["prior"])
-            solver = _solvers()(cell["method"].name, **cell["method"].params)
+            prior = cached_prior(ctx, cell["prior"])
+            solver = solver_factory()(cell["method"].name, **cell["method"].params)
             solver.progress = False
             y, pub = _problem(ctx, cell, prior, 1)
         except DiffinvError as e:
@@ -175,7 +177,7 @@ def _problem(ctx: RunContext, cell: Cell, prior: Any, batch: int) -> tuple[Any, 
     from diffinv.physics import make_operator, measure
 
     def build() -> tuple[Any, Any]:
-        op_name, op_params, noise = _task_parts(cell["task"])
+        op_name, op_params, noise = task_parts(cell["task"])
         op = make_operator(op_name, **op_params).to(ctx.device)
         g = torch.Generator().manual_seed(image_seed(ctx.seed, batch))
         x = (torch.rand((batch, *prior.image_shape), generator=g) * 2 - 1).to(ctx.device)
@@ -217,10 +219,10 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
 
     if ctx.options["threads"]:
         ctx.cached("threads", lambda: torch.set_num_threads(ctx.options["threads"]))
-    prior = _load_prior(ctx, cell["prior"])
+    prior = cached_prior(ctx, cell["prior"])
     method = cell["method"]
     batch = int(cell["batch"].value)
-    solver = _solvers()(method.name, **method.params)
+    solver = solver_factory()(method.name, **method.params)
     solver.progress = False
     y, pub = _problem(ctx, cell, prior, batch)
     device = y.device
@@ -269,6 +271,14 @@ register_job_kind(
     replicate="repeat", target_key="repeats", default_target=6,
     options={"warmup": 1, "threads": 0, "profile": True},
     identity=("device", "threads", "warmup", "profile"),
-    metrics=METRICS, statistic="median", validate=validate, resolve=resolve, rehearse=rehearse,
+    metrics=METRICS, statistic="median", validate=validate, resolve=resolve_identity, rehearse=rehearse,
     description="solver seconds over the seconds of its bare network passes (batch 1 and 64)",
+    help={**AXIS_HELP,
+          "method": AXIS_HELP["method"] + " (e.g. a reduced step count: the ratio is per step)",
+          "batch": "a batch size (an integer)",
+          "repeats": "timed repeats per cell (the table gives their median)",
+          "warmup": "untimed solver calls and bare passes before the repeats of a job call",
+          "threads": THREADS_HELP,
+          "profile": "also split one solver call into network forward / backward, operator and "
+                     "the rest (the profile columns)"},
 )

@@ -30,7 +30,13 @@ from typing import Any
 
 from diffinv.bench.errors import BenchConfigError
 from diffinv.bench.jobs import RunContext, UnitResult, register_job_kind
-from diffinv.bench.kinds.restore import _load_prior, _prior_source, resolve
+from diffinv.bench.kinds.common import (
+    AXIS_HELP,
+    THREADS_HELP,
+    cached_prior,
+    prior_source,
+    resolve_identity,
+)
 from diffinv.bench.spec import Cell, Entry
 from diffinv.errors import UnknownNameError
 
@@ -73,7 +79,7 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
             raise BenchConfigError(f"[run] {key} must be an integer >= {least}; got {v!r}")
     for cell in cells:
         _sampler(cell["sampler"])
-        _prior_source(cell["prior"])
+        prior_source(cell["prior"])
 
 
 def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
@@ -82,7 +88,7 @@ def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
     from diffinv.data import load_split
 
     for cell in cells:
-        prior = _load_prior(ctx, cell["prior"])
+        prior = cached_prior(ctx, cell["prior"])
         sampler = _sampler(cell["sampler"])
         most = int(getattr(prior, "num_timesteps", sampler["steps"]))
         if sampler["steps"] > most:
@@ -162,7 +168,7 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
 
     if ctx.options["threads"]:
         ctx.cached("threads", lambda: torch.set_num_threads(ctx.options["threads"]))
-    prior = _load_prior(ctx, cell["prior"])
+    prior = cached_prior(ctx, cell["prior"])
     sampler = _sampler(cell["sampler"])
     n = int(ctx.options["n_samples"])
     domain = prior.domain
@@ -198,6 +204,15 @@ register_job_kind(
     axes=["prior", "sampler"], replicate="evaluation", target_key="evaluations", default_target=1,
     options={"n_samples": 2000, "reference": "test", "floor": "train", "chunk": 250, "threads": 0},
     identity=("n_samples", "reference", "floor"),
-    metrics=METRICS, statistic="mean", validate=validate, resolve=resolve, rehearse=rehearse,
+    metrics=METRICS, statistic="mean", validate=validate, resolve=resolve_identity, rehearse=rehearse,
     description="FID of a prior's samples against held-out images, with the train-vs-test floor",
+    help={"prior": AXIS_HELP["prior"],
+          "sampler": " or ".join(f'"{s}"' for s in SAMPLERS)
+                     + ", or a table with name, steps (default 100) and eta (default 0)",
+          "evaluations": "evaluations per cell (one is one whole FID evaluation)",
+          "n_samples": "samples drawn per evaluation (sample i from the seed of (seed, i))",
+          "reference": "the split the samples are compared with (its images 0 .. n_samples - 1)",
+          "floor": "the split compared with the reference to give the FID floor",
+          "chunk": "samples per cached chunk (an interrupted evaluation resumes from the cache)",
+          "threads": THREADS_HELP},
 )

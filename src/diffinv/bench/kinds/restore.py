@@ -52,12 +52,12 @@ device the batch's peak memory is stored in each row's ``extra``.
 The data, physics, solver, metric and prior modules are imported when the job runs, so the runner
 and its tests do not depend on them. (Interface note: the solver contract ``solver(y, physics,
 prior, seed=...) -> Result(x, nfe, seconds, trace)`` is the one of DESIGN.md; ``physics`` is the
-public :class:`~diffinv.physics.Measurement`.)
+public :class:`~diffinv.physics.Measurement`.) How a task, prior, method and data set are read,
+and the seeds and the rehearsal, are shared with the other kinds: :mod:`diffinv.bench.kinds.common`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,119 +65,26 @@ from typing import Any
 
 from diffinv.bench.errors import BenchConfigError
 from diffinv.bench.jobs import REQUIRED, RunContext, UnitResult, register_job_kind
-from diffinv.bench.spec import Cell, Entry
+from diffinv.bench.kinds.common import (
+    AXIS_HELP,
+    DATASET_HELP,
+    PRESET,
+    TRUE_OPERATOR,
+    cached_prior,
+    call_until_first_module,
+    cell_name,
+    dataset_images,
+    dataset_split,
+    derived_seed,
+    parse_dataset,
+    resolve_identity,
+    solver_factory,
+    solver_params,
+    task_parts,
+    validate_entries,
+)
+from diffinv.bench.spec import Cell
 from diffinv.errors import DiffinvError
-
-TASK_KEYS = ("operator", "noise")
-
-
-def derived_seed(run_seed: int, stream: str) -> int:
-    """A 63-bit seed for the named random stream of a run (SHA-256 of both)."""
-    d = hashlib.sha256(f"diffinv-bench:{int(run_seed)}:{stream}".encode()).digest()
-    return int.from_bytes(d[:8], "little") & ((1 << 63) - 1)
-
-
-def _dataset(spec: str) -> tuple[str, str]:
-    parts = spec.split(":")
-    if len(parts) != 2 or not all(parts):
-        raise BenchConfigError(f"[run] dataset {spec!r}: expected DATASET:SPLIT, e.g. "
-                               "fashion32:test")
-    return parts[0], parts[1]
-
-
-def _task_parts(task: Entry) -> tuple[str, dict[str, Any], str]:
-    params = dict(task.params)
-    op = params.pop("operator", task.name)
-    noise = params.pop("noise", None)
-    if not isinstance(op, str):
-        raise BenchConfigError(f"task {task.label!r}: 'operator' must be an operator name")
-    if not isinstance(noise, str):
-        raise BenchConfigError(f"task {task.label!r} needs a 'noise' spec such as "
-                               "\"gaussian:0.05\"")
-    return op, params, noise
-
-
-def _prior_source(prior: Entry) -> str:
-    extra = set(prior.params) - {"path", "precision"}
-    if extra:
-        raise BenchConfigError(f"prior {prior.label!r}: unknown key(s) {sorted(extra)} (a prior "
-                               "is a name, or a table with name and optional path and precision)")
-    from diffinv.diffusion.prior import PRECISIONS
-
-    if prior.params.get("precision", "fp32") not in PRECISIONS:
-        raise BenchConfigError(f"prior {prior.label!r}: precision must be one of {PRECISIONS}")
-    return str(prior.params.get("path", prior.name))
-
-
-def _load_prior(ctx: RunContext, prior: Entry) -> Any:
-    from diffinv import load_prior
-
-    return ctx.cached(f"prior:{prior.digest}", lambda: load_prior(
-        _prior_source(prior), device=ctx.device,
-        precision=str(prior.params.get("precision", "fp32"))))
-
-
-TRUE_OPERATOR = "true_operator"
-
-
-def solver_params(method: Entry) -> tuple[dict[str, Any], bool]:
-    """``(solver parameters, true_operator)``: a method entry with ``true_operator = true`` is a
-    labelled *reference* that receives the hidden parameters of a blind family (the true kernel,
-    angle or zoom) as public ones, e.g. DPS given the true kernel beside the blind methods."""
-    params = dict(method.params)
-    known = params.pop(TRUE_OPERATOR, False)
-    if not isinstance(known, bool):
-        raise BenchConfigError(f"method {method.label!r}: {TRUE_OPERATOR} must be true or false")
-    return params, known
-
-
-def validate_entries(cells: Sequence[Cell], skip: tuple[str, ...] = ()) -> None:
-    """Build every method, task (operator + noise) and prior source of the grid once, so a bad
-    name or parameter fails before any work; axes in ``skip`` are left to the caller."""
-    from diffinv.physics import make_noise, make_operator
-
-    make_solver = _solvers()
-    seen: set[str] = set()
-    for cell in cells:
-        for axis, entry in cell:
-            if axis in skip or entry.digest in seen:
-                continue
-            seen.add(entry.digest)
-            if axis == "method":
-                make_solver(entry.name, **solver_params(entry)[0])  # a preset's "*" part too
-            elif axis == "task":
-                op, params, noise = _task_parts(entry)
-                make_operator(op, **params)
-                make_noise(noise)
-            else:
-                _prior_source(entry)
-    check_pairs(cells)
-
-
-def check_pairs(cells: Sequence[Cell]) -> None:
-    """Every (method, task) pair of the grid: the solver, built as a cell builds it, accepts the
-    task's operator (``Solver.check_operator``: linear, SVD, a downsampling...), so a grid that
-    would stop at its first incompatible cell fails before anything is written."""
-    from diffinv.physics import make_operator
-
-    make_solver = _solvers()
-    seen: set[tuple[str, str]] = set()
-    for cell in cells:
-        if "method" not in cell.axes or "task" not in cell.axes:
-            continue
-        method, task = cell["method"], cell["task"]
-        if (method.digest, task.digest) in seen:
-            continue
-        seen.add((method.digest, task.digest))
-        op_name, op_params, _ = _task_parts(task)
-        solver = make_solver(method.name, operator=op_name, **solver_params(method)[0])
-        check = getattr(solver, "check_operator", None)
-        if check is None:
-            continue
-        try:
-            check(make_operator(op_name, **op_params))
-        except DiffinvError as e:
-            raise BenchConfigError(f"method {method.label!r} on task {task.label!r}: {e}") from None
 
 
 def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
@@ -186,7 +93,7 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
     from diffinv.errors import UnknownNameError
     from diffinv.metrics import get_metric
 
-    name, split = _dataset(str(ctx.options["dataset"]))
+    name, split = parse_dataset(str(ctx.options["dataset"]))
     canonical_name(name)
     if split not in SPLITS:
         raise UnknownNameError("split", split, list(SPLITS))
@@ -194,51 +101,10 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
         if trace_key(m) is None and m not in (ORACLE_GAP, KERNEL_MSE):
             get_metric(m)
     validate_entries(cells)
-    n = len(_split(ctx))
+    n = len(dataset_split(ctx))
     most = max(c.target for c in cells)
     if most > n:
         raise BenchConfigError(f"n_images {most} exceeds the {n} images of {name}:{split}")
-
-
-def resolve(ctx: RunContext, axis: str, entry: Entry, cell: Cell | None = None) -> dict[str, Any]:
-    """A prior's identity is the SHA-256 of its weights file. A method that names a ``preset`` is
-    identified by the values the preset sets for the cell's operator (the whole per-operator table
-    when the cell has no task): retuning the preset for that operator recomputes the cell, while
-    an entry added for another operator leaves it alone."""
-    if axis == "method":
-        if "preset" not in entry.params:
-            return {}
-        from diffinv.solvers.presets import preset_params, preset_table
-
-        name = str(entry.params["preset"])
-        if cell is None or "task" not in cell.axes:
-            return {"preset": name, "table": preset_table(name, entry.name)}
-        return {"preset": name, "params": preset_params(name, entry.name, _task_parts(cell["task"])[0])}
-    if axis != "prior":
-        return {}
-    prior = _load_prior(ctx, entry)
-    sha = getattr(prior, "sha256", None)
-    if not sha:
-        raise DiffinvError(f"prior {entry.label!r} has no SHA-256: benchmarks need pinned weights")
-    return {"sha256": sha}
-
-
-def _split(ctx: RunContext) -> Any:
-    from diffinv.data import load_split
-
-    name, split = _dataset(str(ctx.options["dataset"]))
-    return ctx.cached(f"data:{name}:{split}", lambda: load_split(name, split))
-
-
-def _images(ctx: RunContext, indices: Sequence[int]) -> tuple[Any, Any]:
-    import torch
-
-    data = _split(ctx)
-    if max(indices) >= len(data):
-        raise DiffinvError(f"image index {max(indices)} is out of range: "
-                           f"{ctx.options['dataset']} has {len(data)} images")
-    idx = torch.as_tensor(list(indices), dtype=torch.long)
-    return data.images[idx].to(ctx.device), data.labels[idx].to(ctx.device)
 
 
 def _score(metric: Any, x_hat: Any, x: Any, labels: Any) -> list[float]:
@@ -309,14 +175,6 @@ def _evaluation_kwargs(solver: Any, metrics: Sequence[str], x: Any) -> dict[str,
     return {"truth": x} if takes else {}
 
 
-def _solvers() -> Any:
-    try:
-        from diffinv.solvers import make_solver
-    except ImportError as e:
-        raise DiffinvError(f"the restore job kind needs diffinv.solvers.make_solver: {e}") from None
-    return make_solver
-
-
 @dataclass
 class Restored:
     """One batch of a cell: the truth, its labels, the measurement and the solver's result."""
@@ -349,12 +207,12 @@ def _setup(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> _Setup:
     from diffinv.seeding import image_generators
 
     method, task = cell["method"], cell["task"]
-    prior = _load_prior(ctx, cell["prior"])
-    x, labels = _images(ctx, indices)
-    op_name, op_params, noise_spec = _task_parts(task)
+    prior = cached_prior(ctx, cell["prior"])
+    x, labels = dataset_images(ctx, indices)
+    op_name, op_params, noise_spec = task_parts(task)
     op = make_operator(op_name, **op_params).to(ctx.device)
     params, known = solver_params(method)
-    solver = _solvers()(method.name, operator=op_name, **params)
+    solver = solver_factory()(method.name, operator=op_name, **params)
 
     m = measure(x, op, noise_spec, ctx.seed, list(indices),
                 domain=str(getattr(prior, "domain", "image")), source=ctx.options["dataset"])
@@ -383,39 +241,6 @@ def restore_batch(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> Restor
     if cuda:
         extra["peak_memory_mb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
     return Restored(s.x, s.labels, s.measurement, result, extra)
-
-
-class _Rehearsed(BaseException):
-    """Ends a rehearsal at the solver's first network (module) evaluation. A BaseException, so
-    that a solver's ``except Exception`` cannot mistake it for a failure of its own."""
-
-
-def call_until_first_module(where: str, solver: Any, *args: Any, **kwargs: Any) -> None:
-    """Call ``solver(*args, **kwargs)`` up to its first evaluation of a torch module (a network or
-    an operator) and stop it there: whatever the solver checks on entry runs, no real work does.
-    A :class:`~diffinv.errors.DiffinvError` it raises becomes a :class:`BenchConfigError` headed
-    by ``where`` (the cell). A solver that evaluates no module (a classical method) runs to the
-    end."""
-    import torch
-
-    def stop(module: Any, inputs: Any) -> None:
-        raise _Rehearsed
-
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(stop)
-    try:
-        solver(*args, **kwargs)
-    except _Rehearsed:
-        pass
-    except DiffinvError as e:
-        raise BenchConfigError(f"{where}: {e}") from None
-    finally:
-        handle.remove()
-
-
-def cell_name(cell: Cell, axes: Sequence[str] = ("method", "task", "prior")) -> str:
-    """``method 'DPS' on task 'sr4' with prior 'fashion32'``: a cell in an error message."""
-    words = {"method": "method", "task": "on task", "prior": "with prior"}
-    return " ".join(f"{words.get(a, a)} {cell[a].label!r}" for a in axes if a in cell.axes)
 
 
 def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
@@ -500,6 +325,15 @@ register_job_kind(
     "restore", run,
     axes=["method", "task", "prior"], replicate="image", target_key="n_images",
     options={"dataset": REQUIRED}, identity=("dataset",), metrics=None, statistic="mean",
-    validate=validate, resolve=resolve, rehearse=rehearse,
+    validate=validate, resolve=resolve_identity, rehearse=rehearse,
     description="measure dataset images, restore them with a solver and a prior, score them",
+    help={**AXIS_HELP,
+          "method": AXIS_HELP["method"] + f"; {PRESET} = \"tuned32\" takes the values tuned for the "
+                    f"task's operator; {TRUE_OPERATOR} = true makes it a labelled reference given "
+                    "a blind family's hidden parameters",
+          "dataset": DATASET_HELP,
+          "n_images": "images per cell: images 0 .. n_images - 1 of the split",
+          "metrics": f"diffinv.metrics names (psnr, ssim, ...); \"{ORACLE}\" (best PSNR over the "
+                     f"iterates), \"{ORACLE_GAP}\" (oracle - psnr), \"{KERNEL_MSE}\", "
+                     f"\"{TRACE_PREFIX}KEY\" (a value of the solver's trace)"},
 )
