@@ -8,17 +8,23 @@ import sys
 
 from diffinv.cli import noise_help, positive_int
 
-HELP = "make a measurement y = A(x) + n from images or a data set and save it (--list: models)"
+HELP = ("make a measurement y = A(x) + n from images, a clip or a data set and save it (--list: "
+        "models)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("measure", help=HELP, description=HELP + ". Example: diffinv measure "
                        "--dataset fashion32:test:17 --op motion-blur --noise gaussian:0.05 "
-                       "--seed 3 -o m/")
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image file(s) (PNG, JPEG...)")
+                       "--seed 3 -o m/. A clip (a folder of frames, an animated GIF, an MP4 with "
+                       "imageio-ffmpeg, or --dataset fashion32-video:test:0) with a clip operator "
+                       "(--op video-sr4, frames:NAME) gives a clip measurement")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image file(s) (PNG, JPEG...), or "
+                   "one clip: a folder of frames (image files in name order), an animated GIF, "
+                   "or a video file (MP4... needs imageio-ffmpeg)")
     p.add_argument("--dataset", metavar="SPEC", help="images from a data set, e.g. "
-                   "fashion32:test:17 or mnist32:test:0-3")
-    p.add_argument("--op", help="operator name (see --list)")
+                   "fashion32:test:17 or mnist32:test:0-3; clips from a clip data set, e.g. "
+                   "fashion32-video:test:0-3 or mnist32-bounce:test:0")
+    p.add_argument("--op", help="operator name (see --list; a clip takes a clip operator)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="operator setting, e.g. -p std=2.0 -p boundary=reflect (repeatable)")
     p.add_argument("--noise", default="gaussian:0.05", help=noise_help("gaussian:0.05"))
@@ -35,7 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image files: centre-crop to a square and resize to SIZE x SIZE")
     p.add_argument("--domain", default=None, help="prior domain recorded in the spec (default: "
                    "the data set's name, or 'image')")
-    p.add_argument("--list", action="store_true", help="list operators and noise models")
+    p.add_argument("--frames", type=positive_int, default=None,
+                   help="clips: frames of a clip data set's clips (default 8), or the first "
+                   "FRAMES frames of a clip file")
+    p.add_argument("--clip-seed", type=int, default=0,
+                   help="clip data sets: the seed of the clips' motion (clip i from (seed, i); "
+                   "default 0)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="clips: frame rate stored with the measurement (default: the file's, "
+                   "else 8)")
+    p.add_argument("--list", action="store_true", help="list operators, clip operators and noise "
+                   "models")
     p.set_defaults(func=run)
 
 
@@ -57,11 +73,16 @@ def parse_settings(items: list[str]) -> dict:
 
 def print_models() -> None:
     from diffinv.physics import list_noise_models, list_operators
+    from diffinv.video import list_clip_operators
 
-    ops, noises = list_operators(), list_noise_models()
-    w = max(len(n) for n, _ in ops + noises)
+    ops, noises, clip_ops = list_operators(), list_noise_models(), list_clip_operators()
+    w = max(len(n) for n, _ in ops + noises + clip_ops)
     print("operators:")
     for name, desc in ops:
+        print(f"  {name:<{w}}  {desc}")
+    print("clip operators (for a clip: a folder of frames, a GIF, an MP4, or a clip data set such "
+          "as fashion32-video:test:0):")
+    for name, desc in clip_ops:
         print(f"  {name:<{w}}  {desc}")
     print("noise models:")
     for name, desc in noises:
@@ -101,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print_models()
         return 0
+    from diffinv.cli.measure_clip import is_clip_request, run_clip
+
+    if is_clip_request(args):
+        return run_clip(args)
+    if args.frames is not None or args.fps is not None:
+        raise DiffinvError("--frames and --fps are for clips (a folder of frames, a GIF, an MP4 or "
+                           "a clip data set such as fashion32-video:test:0)")
     if bool(args.images) == bool(args.dataset):
         raise DiffinvError("give image file(s) or --dataset SPEC (one of the two)")
     if not args.op:

@@ -2,6 +2,8 @@
 measurement with a solver and a prior; writes the result (PNG + safetensors), a panel
 (truth | y | result), metrics JSON (PSNR/SSIM when the record holds the truth), NFE, seconds and
 peak memory. Nothing is written unless the solver succeeds (the folder is built aside and renamed).
+A clip measurement is solved by :mod:`diffinv.cli.solve_clip` (dmplug-video, or an image solver
+frame by frame).
 """
 
 from __future__ import annotations
@@ -41,13 +43,20 @@ def _epilog() -> str:
     lines.append("linear+SVD operators: identity, sr-avgpool, inpaint-random, inpaint-box, and "
                  "blur / gaussian-blur / motion-blur with circular boundary")
     lines.append("a known operator: one that is not blind (the record holds its parameters)")
+    lines.append("clip measurements (diffinv measure CLIP --op video-sr4 ...): --solver "
+                 "dmplug-video (DMPlug on the whole clip: -p semantic=, pixel=, pixel_weight=, "
+                 "iterations=, ...), or any solver above frame by frame (per-frame clip operators "
+                 "only; --frame-seeds shared: the same noise in every frame); writes the clip "
+                 "(safetensors, PNG frames, GIF), side_by_side.gif and metrics.json with per-frame "
+                 "PSNR/SSIM and the warping error")
     return "\n".join(lines)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("solve", help=HELP, description=HELP + ".", epilog=_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("measurement", metavar="MEASUREMENT_DIR", help="folder from `diffinv measure`")
+    p.add_argument("measurement", metavar="MEASUREMENT_DIR", help="folder from `diffinv measure` "
+                   "(an image or a clip measurement)")
     p.add_argument("--solver", default="dps", help="solver name (default dps)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="solver hyper-parameter, e.g. -p steps=100 -p scale=0.5 (repeatable)")
@@ -71,6 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replace an existing output folder that diffinv wrote (its files are "
                    "deleted when the new result is complete); a folder holding other files, "
                    "the working folder and the input are never replaced")
+    p.add_argument("--frame-seeds", choices=["independent", "shared"], default=None,
+                   help="clip measurements, image solvers run frame by frame: each frame its own "
+                   "random stream (independent, the default) or every frame of a clip the same "
+                   "(shared: the shared-noise baseline)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_option(p)
     p.set_defaults(func=run)
@@ -83,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     from diffinv import load_prior
     from diffinv.checks import check_device, check_output_folder
     from diffinv.cli.measure import parse_settings
+    from diffinv.cli.solve_clip import is_clip_record, run_clip
     from diffinv.data.images import make_grid, save_image, save_panel
+    from diffinv.errors import DiffinvError
     from diffinv.fileio import atomic_folder
     from diffinv.physics import load_measurement
     from diffinv.physics.measurement import png_view
@@ -91,6 +106,13 @@ def run(args: argparse.Namespace) -> int:
     from diffinv.solvers.base import check_reserved
     from diffinv.solvers.presets import auto_preset, preset_params
 
+    if is_clip_record(args.measurement):
+        return run_clip(args)
+    if args.solver == "dmplug-video":
+        raise DiffinvError(f"dmplug-video restores clips; {args.measurement} is not a clip "
+                           "measurement (make one with diffinv measure CLIP --op video-sr4 ...)")
+    if args.frame_seeds is not None:
+        raise DiffinvError("--frame-seeds is for clip measurements (solvers run frame by frame)")
     out = check_output_folder(args.output, overwrite=args.overwrite, inputs=[args.measurement])
     check_device(args.device, "--device")
     m = load_measurement(args.measurement)

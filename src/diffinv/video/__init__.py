@@ -7,7 +7,10 @@ warping error.
 * :mod:`~diffinv.video.operators`: per-frame and temporal operators (``make_clip_operator``);
 * :mod:`~diffinv.video.metrics`: the warping error (``warping_error``);
 * :mod:`~diffinv.video.measurement`: clip measurements (``measure_clip``, save and load);
-* :mod:`~diffinv.video.dmplug`: the dmplug-video solver (``DMPlugVideo``, imported on first use).
+* :mod:`~diffinv.video.dmplug`: the dmplug-video solver (``DMPlugVideo``, imported on first use);
+* :mod:`~diffinv.video.perframe`: image solvers frame by frame (``FrameByFrame``,
+  ``make_clip_solver``, imported on first use);
+* :mod:`~diffinv.video.io`: clip files (``read_clip``: a folder of frames, a GIF, an MP4).
 """
 
 from diffinv.video.clips import MIN_FRAMES, check_clip, check_flow, stack_frames
@@ -47,14 +50,22 @@ __all__ = [
     "make_clip", "make_clip_operator", "make_clips", "similarity_clip", "stack_frames",
     "warp_backward", "warp_clip", "warping_error", "warping_error_estimated",
     "ClipMeasurement", "measure_clip", "save_clip_measurement", "load_clip_measurement",
-    "DMPlugVideo",
+    "DMPlugVideo", "FrameByFrame", "make_clip_solver", "read_clip",
 ]
 
 
 def __getattr__(name: str):
-    # the solver pulls in the solver stack: imported when first asked for
+    # the solvers pull in the solver stack: imported when first asked for
     if name == "DMPlugVideo":
         from diffinv.video.dmplug import DMPlugVideo
 
         return DMPlugVideo
+    if name in ("FrameByFrame", "make_clip_solver"):
+        from diffinv.video import perframe
+
+        return getattr(perframe, name)
+    if name == "read_clip":
+        from diffinv.video.io import read_clip
+
+        return read_clip
     raise AttributeError(f"module 'diffinv.video' has no attribute {name!r}")
