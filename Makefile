@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(PIP) install -q $(TORCH)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(PIP) install -q -e '.[test,video]'
+	$(PIP) install -q -e '.[test,video,flow]'
 	touch $@
 
 install: $(VENV)/.installed

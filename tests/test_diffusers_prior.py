@@ -118,10 +118,10 @@ def _with_scheduler(tmp_path, scheduler):
     lambda: diffusers.EDMEulerScheduler(),
     lambda: diffusers.EulerDiscreteScheduler(timestep_type="continuous"),
     lambda: diffusers.EulerDiscreteScheduler(num_train_timesteps=T),
-    lambda: diffusers.FlowMatchEulerDiscreteScheduler(),
+    lambda: diffusers.FlowMatchHeunDiscreteScheduler(),
     lambda: diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T),
     lambda: diffusers.LCMScheduler(num_train_timesteps=T),
-], ids=["score-sde-ve", "edm-euler", "euler-continuous", "euler", "flow-match",
+], ids=["score-sde-ve", "edm-euler", "euler-continuous", "euler", "flow-match-heun",
         "dpm-solver", "lcm"])
 def test_schedulers_the_loader_does_not_model_are_refused_by_name(tmp_path, make):
     scheduler = make()

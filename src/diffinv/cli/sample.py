@@ -29,8 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prior", default="fashion32", help="embedded prior name or weights path")
     p.add_argument("-n", type=positive_int, default=64, help="number of samples")
     p.add_argument("-o", "--output", default="samples.png", help="PNG grid to write")
-    p.add_argument("--method", choices=["ddpm", "ddim"], default="ddim",
-                   help="ddim (default; --eta 0: deterministic) or ddpm ancestral sampling")
+    p.add_argument("--method", choices=["ddpm", "ddim", "euler", "heun", "dopri5"], default=None,
+                   help="diffusion priors: ddim (default; --eta 0: deterministic) or ddpm "
+                   "ancestral sampling; flow priors: euler (default), heun or dopri5 (adaptive, "
+                   "needs torchdiffeq) ODE solvers")
     p.add_argument("--steps", type=positive_int, default=100, help="sampler steps (ddpm: respaced)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument(
@@ -102,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
         tens = TensorStream(files[1], "samples", args.n, shape) if args.tensor else None
         for start in range(0, args.n, batch):
             idx = range(start, min(args.n, start + batch))
-            x = prior.sample(len(idx), seed=image_generators(args.seed, idx), method=args.method,
-                             steps=args.steps, eta=args.eta, progress=True).cpu()
+            x = prior.sample(len(idx), seed=image_generators(args.seed, idx),
+                             **_sampler(prior, args), progress=True).cpu()
             grid.write(x)
             if tens is not None:
                 tens.write(x)
@@ -130,3 +132,19 @@ def run(args: argparse.Namespace) -> int:
     if args.tensor:
         print(f"wrote {args.tensor}")
     return 0
+
+
+def _sampler(prior: object, args: argparse.Namespace) -> dict:
+    """The sampler settings for ``prior``: a flow prior takes an ODE method and a step count, a
+    diffusion prior ddpm/ddim with eta (a method of the other kind is refused by name)."""
+    from diffinv.errors import DiffinvError
+
+    flow = getattr(prior, "kind", "") == "flow"
+    methods = ("euler", "heun", "dopri5") if flow else ("ddpm", "ddim")
+    method = args.method or methods[0 if flow else 1]
+    if method not in methods:
+        raise DiffinvError(f"--method {method} does not apply to a "
+                           f"{'flow' if flow else 'diffusion'} prior (use {', '.join(methods)})")
+    if flow:
+        return {"method": method, "steps": args.steps}
+    return {"method": method, "steps": args.steps, "eta": args.eta}

@@ -13,7 +13,8 @@ from diffinv.cli import (
     positive_int_list,
 )
 
-HELP = "train or resume an eps-prediction UNet prior (EMA, checkpoints, torchrun DDP)"
+HELP = ("train or resume a UNet prior: eps-prediction diffusion or (--objective flow) flow "
+        "matching (EMA, checkpoints, torchrun DDP)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +61,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "halved per level, e.g. 32,16,8,4 for 32x32 images and 4 levels (default 8)")
     p.add_argument("--dropout", type=fraction, default=0.0,
                    help="dropout probability in the residual blocks, in [0, 1)")
+    p.add_argument("--objective", choices=["eps", "flow"], default="eps",
+                   help="eps: noise prediction on the linear VP schedule; flow: conditional flow "
+                   "matching (rectified flow, x_t = (1 - t) x_0 + t x_1, target x_1 - x_0)")
+    p.add_argument("--source", choices=["gaussian", "pca", "random"], default="gaussian",
+                   help="flow only: the source, the full Gaussian N(0, I) or a Gaussian "
+                   "restricted to the top-k principal subspace of the training images (pca) or "
+                   "to a random k-dim subspace (the control)")
+    p.add_argument("--source-k", type=positive_int, default=None,
+                   help="flow pca/random sources: the subspace dimension k")
+    p.add_argument("--source-mean", choices=["zero", "data"], default="zero",
+                   help="flow pca/random sources: centre at 0 or at the data mean")
+    p.add_argument("--source-scale", choices=["unit", "data"], default="unit",
+                   help="flow pca/random sources: unit variance along each direction (whitened) "
+                   "or the data's own spread")
+    p.add_argument("--source-seed", type=int, default=0,
+                   help="flow random source: the seed of its random frame")
+    p.add_argument("--train-images", type=non_negative_int, default=0,
+                   help="train on the first N images of the training split (0: all)")
     p.add_argument("--seed", type=int, default=0,
                    help="run seed: the initial weights and the draws of every step derive from it")
     p.add_argument(
@@ -116,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         precision=args.precision,
         ckpt_every=args.ckpt_every,
+        objective=args.objective,
+        source=_source(args),
+        train_images=args.train_images,
         unet=dict(
             base_channels=args.base_channels,
             channel_mults=args.channel_mults,
@@ -135,3 +157,24 @@ def run(args: argparse.Namespace) -> int:
         path = export_prior(ckpt, args.export, name)
         print(f"exported: {path}")
     return 0
+
+
+def _source(args: argparse.Namespace) -> dict:
+    """The ``TrainConfig.source`` of the --source options (refusing them without a flow)."""
+    from diffinv.errors import DiffinvError
+
+    if args.objective != "flow":
+        if args.source != "gaussian" or args.source_k is not None:
+            raise DiffinvError("--source and --source-k apply to --objective flow only")
+        return {"kind": "gaussian"}
+    if args.source == "gaussian":
+        if args.source_k is not None:
+            raise DiffinvError("--source-k applies to --source pca or random")
+        return {"kind": "gaussian"}
+    if args.source_k is None:
+        raise DiffinvError(f"--source {args.source} needs --source-k (the subspace dimension)")
+    out = {"kind": args.source, "k": args.source_k, "mean": args.source_mean,
+           "scale": args.source_scale}
+    if args.source == "random":
+        out["seed"] = args.source_seed
+    return out

@@ -18,7 +18,8 @@ whose config means the discrete-time VP schedule modelled here (T trained timest
 (the same configs, batched sampling) and ``PNDMScheduler`` (the same schedule keys; it has no
 ``clip_sample``, so diffinv's clamp of the Tweedie estimate applies). Everything else is refused
 by name: variance-exploding and EDM schedulers (``ScoreSdeVeScheduler``, ``EDMEulerScheduler``,
-whose networks take sigmas), flow matching (``FlowMatchEulerDiscreteScheduler``), the
+whose networks take sigmas), the other flow-matching schedulers (``FlowMatchHeunDiscreteScheduler``
+...), the
 ``Euler*``/``DPMSolver*``/``UniPC``... family (continuous or remapped timesteps, flow sigmas,
 Karras sigmas: what their configs mean depends on keys this loader does not model) and the
 consistency schedulers (``LCMScheduler``, ``TCDScheduler``: boundary-condition networks). A config
@@ -26,6 +27,10 @@ without ``_class_name`` is refused too. Missing keys of an accepted class take d
 which are the same for all of them (T = 1000, linear betas 1e-4..0.02, epsilon); betas that come
 from those defaults are labelled ``"linear (defaulted)"`` in ``prior.schedule.kind``, never
 ``"trained"`` (which means ``trained_betas``).
+
+**Flow matching.** A folder whose scheduler is ``FlowMatchEulerDiscreteScheduler`` loads as a
+:class:`~diffinv.flow.prior.FlowPrior` (:mod:`diffinv.flow.diffusers`, where the time convention
+is converted: diffusers' ``sigma = 1 - t``, network output ``noise - data = -v``).
 
 **Schedule.** ``num_train_timesteps`` T; ``beta_schedule`` ``"linear"`` (``linspace(beta_start,
 beta_end, T)``, as diffusers: no 1000/T rescaling), ``"scaled_linear"`` (``linspace(sqrt(beta_start),
@@ -65,6 +70,8 @@ PREDICTIONS = ("epsilon", "v_prediction", "sample")
 #: scheduler classes whose config means the VP schedule modelled here (module docstring)
 SUPPORTED_SCHEDULERS = ("DDIMParallelScheduler", "DDIMScheduler", "DDPMParallelScheduler",
                         "DDPMScheduler", "PNDMScheduler")
+#: flow-matching scheduler classes loaded as flow priors (:mod:`diffinv.flow.diffusers`)
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 #: diffusers' DDPMScheduler defaults (used when a folder has no scheduler config)
 DDPM_DEFAULTS = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 1e-4,
                  "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "epsilon",
@@ -131,8 +138,9 @@ def check_scheduler(cfg: dict[str, Any]) -> None:
                            f"{supported} (add \"_class_name\": \"DDPMScheduler\" if it is one)")
     if cls not in SUPPORTED_SCHEDULERS:
         raise DiffinvError(f"diffusers scheduler {cls} is not supported: diffinv models "
-                           "discrete-time VP (DDPM-family) schedules only; supported: "
-                           f"{supported}")
+                           "discrete-time VP (DDPM-family) schedules and flow matching with "
+                           f"{', '.join(FLOW_SCHEDULERS)}; supported: {supported}, "
+                           f"{', '.join(FLOW_SCHEDULERS)}")
     if cfg.get("rescale_betas_zero_snr"):
         raise DiffinvError("diffusers scheduler rescale_betas_zero_snr=true is not supported "
                            "(a zero terminal SNR has no VP noise level)")
@@ -210,6 +218,10 @@ def load_diffusers_prior(folder: str | Path, device: str | torch.device = "cpu",
                       RuntimeWarning, stacklevel=2)
         sched_cfg = dict(DDPM_DEFAULTS)
         sched_cfg.pop("beta_schedule")  # so that the betas are labelled defaulted
+    if sched_cfg.get("_class_name") in FLOW_SCHEDULERS:
+        from diffinv.flow.diffusers import load_diffusers_flow_prior
+
+        return load_diffusers_flow_prior(folder, unet_dir, config, sched_cfg, device, sha256)
     check_scheduler(sched_cfg)
     sha = sha256_file(weights)
     if sha256 and sha256.lower() != sha:

@@ -20,6 +20,11 @@ match the network the config describes exactly (``strict=True``). Any mismatch r
 
 * A diffusers folder (a ``UNet2DModel`` saved with ``save_pretrained``, with its scheduler config):
   :mod:`diffinv.diffusion.diffusers_folder` (optional extra ``diffinv[diffusers]``).
+
+Flow-matching priors load through the same paths and come back as
+:class:`~diffinv.flow.prior.FlowPrior`: a safetensors file whose card says ``"objective": "flow"``
+(network + ``source.*`` tensors), a ``train-prior --objective flow`` checkpoint, and a diffusers
+folder whose scheduler is ``FlowMatchEulerDiscreteScheduler``.
 """
 
 from __future__ import annotations
@@ -139,12 +144,24 @@ def _load_safetensors(
         weights = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise IntegrityError(f"{path} is not a readable safetensors file: {e}") from e
+    if meta.get("objective") == "flow":  # a flow-matching prior (diffinv.flow)
+        from diffinv.flow.training import build_flow_prior
+
+        return build_flow_prior(meta, weights, str(path), sha, device)
     return _build(meta, weights, str(path), sha, device)
 
 
 def _from_training_state(
     state: dict, path: Path, sha: str, device: str | torch.device
 ) -> DiffusionPrior:
+    try:
+        flow = json.loads(state["config"]).get("objective") == "flow"
+    except (KeyError, TypeError, ValueError, AttributeError):
+        flow = False  # not a readable config: the eps path below reports it
+    if flow:
+        from diffinv.flow.training import flow_prior_from_training_state
+
+        return flow_prior_from_training_state(state, str(path), sha, device)
     try:
         cfg = json.loads(state["config"])
         c, h, w = (int(v) for v in state["image_shape"])
@@ -286,7 +303,9 @@ def load_prior(
     sha256: str | None = None,
     precision: str = "fp32",
 ) -> DiffusionPrior:
-    """A :class:`DiffusionPrior` from an embedded name or a file path (see module docstring).
+    """A :class:`DiffusionPrior` (or a :class:`~diffinv.flow.prior.FlowPrior` for a flow
+    card, checkpoint or diffusers flow folder) from an embedded name or a file path (see module
+    docstring).
 
     ``config`` (ADM ``.pt`` files only) names a preset, a JSON file or a dict; ``sha256`` pins
     the weights file's SHA-256; ``precision`` is the network arithmetic ("fp32" or "bf16", see

@@ -1,4 +1,5 @@
-"""Training loop for eps-prediction diffusion priors (``diffinv train-prior``).
+"""Training loop for eps-prediction diffusion priors (``diffinv train-prior``) and, with
+``objective="flow"``, flow-matching priors (the loss and source: :mod:`diffinv.flow.training`).
 
 Objective (Ho et al. 2020, eq. 14, "simple" loss): ``E_{x0, t, eps} || eps - eps_theta(sqrt(abar_t) x0
 + sqrt(1 - abar_t) eps, t) ||^2`` with t uniform on 0..T-1.
@@ -70,6 +71,13 @@ class TrainConfig:
     schedule: str = "linear"
     T: int = 1000
     precision: str = "fp32"  # "fp32" or "bf16" (autocast of the forward pass)
+    #: "eps" (noise prediction on the VP schedule) or "flow" (conditional flow matching,
+    #: :mod:`diffinv.flow.training`; ``schedule`` and ``T`` are then unused)
+    objective: str = "eps"
+    #: flow only: the source, {"kind": "gaussian" | "pca" | "random", "k", "mean", "scale", "seed"}
+    source: dict = field(default_factory=lambda: {"kind": "gaussian"})
+    #: train on the first N images of the training split only (0: all of them)
+    train_images: int = 0
     unet: dict = field(
         default_factory=lambda: dict(
             base_channels=32, channel_mults=[1, 2, 2], num_res_blocks=2, attention_resolutions=[8]
@@ -96,6 +104,15 @@ class TrainConfig:
             )
         if self.precision not in PRECISIONS:
             raise DiffinvError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.objective not in ("eps", "flow"):
+            raise DiffinvError(f"objective must be 'eps' or 'flow', got {self.objective!r}")
+        if self.objective == "flow":
+            from diffinv.flow.training import check_source_config
+
+            check_source_config(self.source)
+        if isinstance(self.train_images, bool) or not isinstance(self.train_images, int) \
+                or self.train_images < 0:
+            raise DiffinvError(f"train_images must be an integer >= 0, got {self.train_images!r}")
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -278,6 +295,11 @@ def train_prior(
         from diffinv.data import load_split
 
         data = load_split(cfg.dataset, "train").images
+    if cfg.train_images:
+        if cfg.train_images > len(data):
+            raise DiffinvError(f"train_images {cfg.train_images} exceeds the {len(data)} "
+                               "training images")
+        data = data[:cfg.train_images]
     if cfg.batch % ddp.world:
         raise DiffinvError(f"global batch {cfg.batch} is not divisible by {ddp.world} ranks")
     local = cfg.batch // ddp.world
@@ -293,12 +315,20 @@ def train_prior(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay)
     step, saved_step = 0, None
+    flow = None
+    if cfg.objective == "flow":
+        from diffinv.flow.training import FlowObjective
+
+        flow = FlowObjective.start(cfg, data, state, dev)
     if state is not None:
         saved = json.loads(state["config"])
         if (
             saved["unet"] != cfg.unet
             or saved["schedule"] != cfg.schedule
             or saved["dataset"] != cfg.dataset
+            or saved.get("objective", "eps") != cfg.objective
+            or saved.get("train_images", 0) != cfg.train_images
+            or (cfg.objective == "flow" and saved.get("source") != cfg.source)
         ):
             raise DiffinvError(
                 f"{ckpt_path} was trained with another network/schedule/data set; "
@@ -344,6 +374,7 @@ def train_prior(
                     "step": step,
                     "config": json.dumps(asdict(cfg)),
                     "image_shape": torch.tensor(image_shape),
+                    **({"source": flow.state()} if flow is not None else {}),
                 },
                 ckpt_path,
             )
@@ -353,11 +384,16 @@ def train_prior(
         while step < end:
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
-            idx, t, noise = draw_batch(len(data), cfg.batch, cfg.T, image_shape, cfg.seed, step)
             sl = slice(ddp.rank * local, (ddp.rank + 1) * local)
-            x0 = data_dev[idx[sl].to(dev)]
-            with autocast(cfg.precision, dev):
-                loss = diffusion_loss(net, schedule, x0, t[sl], noise[sl].to(dev))
+            if flow is not None:
+                with autocast(cfg.precision, dev):
+                    loss = flow.loss(net, data_dev, len(data), cfg.batch, cfg.seed, step, sl)
+            else:
+                idx, t, noise = draw_batch(len(data), cfg.batch, cfg.T, image_shape, cfg.seed,
+                                           step)
+                x0 = data_dev[idx[sl].to(dev)]
+                with autocast(cfg.precision, dev):
+                    loss = diffusion_loss(net, schedule, x0, t[sl], noise[sl].to(dev))
             if not torch.isfinite(loss):
                 checkpoint()  # raises when the weights are to blame: those are not saved
                 raise NonFiniteError(f"loss became {loss.item()} at step {step}; the state "
@@ -417,6 +453,10 @@ def export_prior(
     check_export_name(name)
     state = load_checkpoint(ckpt)
     cfg = json.loads(state["config"])
+    if cfg.get("objective", "eps") == "flow":
+        from diffinv.flow.training import export_flow_prior
+
+        return export_flow_prior(state, out_dir, name, use_ema=use_ema, extra=extra)
     weights = state["ema"]["model"] if use_ema else state["model"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,11 @@ not grow with ``S``: only each step's input (one image) is kept, and one step's 
 time are rebuilt (the recomputation costs ``S`` more forward network calls per iteration, counted
 in ``nfe``).
 
+**Flow priors** (:class:`~diffinv.flow.prior.FlowPrior`) bring their own deterministic map:
+``R(z) = prior.seed_map(z, S)``, the source sample of the standard-normal seed ``z`` followed by
+``S`` Euler steps of the ODE from t = 0 to 1 (through the clamped estimate when ``clip``), so
+the seed enters at the source, not at a DDIM row; ``spacing`` does not apply to them.
+
 **The problem.** ``min_z sum_i loss(y_i, A(R(z)_i))`` with the per-image loss the mean squared
 error over the image's measurement (``nn.MSELoss`` of the official code for one image; ``"l1"``:
 mean absolute error). The objective is a *sum over images*: image ``i``'s gradient depends only on
@@ -392,14 +397,20 @@ class DMPlug(Solver):
         finally:
             self._evaluation = (None, None)
 
-    def timesteps(self, prior: Any) -> list[int]:
+    def timesteps(self, prior: Any) -> list[int] | list[float]:
+        """The grid of ``R``: DDIM timesteps, or the flow times of a prior with a ``seed_map``."""
+        if callable(getattr(prior, "seed_map", None)):
+            return prior.seed_times(self.steps)
         T = prior.num_timesteps
         if self.steps > T:
             raise DiffinvError(f"S = {self.steps} DDIM steps exceed the prior's {T} timesteps")
         return spaced_timesteps(T, self.steps, self.spacing)
 
     def generate(self, prior: Any, z: Tensor) -> Tensor:
-        """``R(z)`` with this solver's settings."""
+        """``R(z)`` with this solver's settings: the prior's own deterministic map seed -> image
+        when it has one (a flow prior: ``S`` Euler steps from its source), else S DDIM steps."""
+        if callable(getattr(prior, "seed_map", None)):
+            return prior.seed_map(z, self.steps, clip=self.clip, checkpoint=self.checkpoint)
         return reverse_process(prior, z, self.timesteps(prior), clip=self.clip,
                                checkpoint=self.checkpoint)
 
