@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -50,6 +52,25 @@ def gaussian_problem():
     schedule = VPSchedule.linear()
     net = GaussianEps(mu, sigma, (1, 2, 2), schedule)
     return mu, sigma, schedule, net
+
+
+@pytest.fixture
+def unwritable(tmp_path) -> Path:
+    """An existing folder this process cannot create anything in (the command-line safety
+    tests)."""
+    d = tmp_path / "locked"
+    d.mkdir()
+    d.chmod(0o555)
+    try:
+        (d / "probe").mkdir()
+    except OSError:
+        yield d
+    else:  # root ignores permission bits: /proc refuses new entries to everyone
+        (d / "probe").rmdir()
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no folder here is unwritable for this user")
+        yield Path("/proc")
+    d.chmod(0o755)
 
 
 TINY_UNET = dict(

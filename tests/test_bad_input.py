@@ -17,23 +17,10 @@ from diffinv.cli import build_parser, main
 from diffinv.diffusion.prior import DiffusionPrior
 from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError
 from diffinv.solvers.base import Solver
+from helpers import refused, tree
 
 
 # ------------------------------------------------------------------------------------ helpers
-def tree(root: Path) -> set[str]:
-    """Every path under ``root`` (hidden ones too), relative to it."""
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-def refused(argv: list[str], capsys) -> str:
-    """Run the command line, assert exit code 1 and no traceback, return stderr."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 1, err
-    assert "Traceback" not in err and err.startswith("diffinv "), err
-    return err
-
-
 @pytest.fixture
 def no_compute(monkeypatch):
     """Make every expensive step fail loudly: a refusal must come before any of them."""
@@ -44,24 +31,6 @@ def no_compute(monkeypatch):
     monkeypatch.setattr(Solver, "__call__", computed)
     monkeypatch.setattr(DiffusionPrior, "sample", computed)
     monkeypatch.setattr(diffinv.data, "load_split", computed)
-
-
-@pytest.fixture
-def unwritable(tmp_path) -> Path:
-    """An existing folder this process cannot create anything in."""
-    d = tmp_path / "locked"
-    d.mkdir()
-    d.chmod(0o555)
-    try:
-        (d / "probe").mkdir()
-    except OSError:
-        yield d
-    else:  # root ignores permission bits: /proc refuses new entries to everyone
-        (d / "probe").rmdir()
-        if not Path("/proc/self").is_dir():
-            pytest.skip("no folder here is unwritable for this user")
-        yield Path("/proc")
-    d.chmod(0o755)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ import diffinv.data
 from diffinv.cli import main
 from diffinv.data import ImageSet
 from diffinv.diffusion.zoo import available_priors
+from helpers import refused as refused_cli
 
 pytestmark = pytest.mark.skipif("fashion32" not in available_priors(),
                                 reason="embedded fashion32 prior not shipped")
@@ -76,10 +77,8 @@ def write_task(folder: Path, methods=(GOOD_METHOD,), tasks=(GOOD_TASK,), **run) 
 
 
 def refused(argv: list[str], capsys) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 1, err
-    assert "Traceback" not in err, err
+    """:func:`helpers.refused`, and the message is one ``diffinv bench: error:`` line: that line."""
+    err = refused_cli(argv, capsys)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("diffinv bench: error: "), err
     return lines[0]
@@ -116,25 +115,6 @@ def test_report_only_checks_its_output_too(sandbox, capsys):
     err = refused(["bench", "task.toml", "--report-only"], capsys)
     assert "notes.txt is a file" in err
     assert snapshot(sandbox) == before
-
-
-@pytest.fixture
-def unwritable(tmp_path) -> Path:
-    """An existing folder this process cannot create anything in (root ignores mode bits:
-    /proc refuses new entries to everyone)."""
-    d = tmp_path / "locked"
-    d.mkdir()
-    d.chmod(0o555)
-    try:
-        (d / "probe").mkdir()
-    except OSError:
-        yield d
-    else:
-        (d / "probe").rmdir()
-        if not Path("/proc/self").is_dir():
-            pytest.skip("no folder here is unwritable for this user")
-        yield Path("/proc")
-    d.chmod(0o755)
 
 
 def test_an_output_that_cannot_be_created_is_refused(sandbox, capsys, unwritable):

@@ -22,25 +22,12 @@ from diffinv.cli import main
 from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError
 from diffinv.physics import load_measurement, measure, save_measurement
 from diffinv.solvers.base import Solver
+from helpers import refused, tree
 
 PRIORS = Path(__file__).resolve().parent.parent / "src" / "diffinv" / "priors"
 
 
 # ------------------------------------------------------------------------------------ helpers
-def tree(root: Path) -> set[str]:
-    """Every path under ``root`` (hidden ones too), relative to it."""
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-def refused(argv: list[str], capsys) -> str:
-    """Run the command line, assert exit code 1 and one line without a traceback; return it."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 1, err
-    assert "Traceback" not in err and err.startswith("diffinv "), err
-    return err
-
-
 @pytest.fixture
 def no_solving(monkeypatch):
     """A refusal must come before the solver runs: running one fails the test."""

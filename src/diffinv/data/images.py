@@ -27,7 +27,8 @@ WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 WIDE_MAX = 65535
 
 
-def _crop_resize(im: Image.Image, size: int | None) -> Image.Image:
+def crop_resize(im: Image.Image, size: int | None) -> Image.Image:
+    """Centre-crop to a square and resize to ``size`` (Lanczos; None: as is)."""
     if size is None:
         return im
     w, h = im.size
@@ -44,7 +45,7 @@ def _read_wide_gray(im: Image.Image, path: Path, size: int | None) -> np.ndarray
                            f"[{arr.min():.0f}, {arr.max():.0f}], beyond the 16-bit range "
                            f"0..{WIDE_MAX}; save it as an 8- or 16-bit image")
     scaled = Image.fromarray((arr * (255.0 / WIDE_MAX)).astype(np.float32))
-    return np.clip(np.asarray(_crop_resize(scaled, size), dtype=np.float32), 0.0, 255.0)
+    return np.clip(np.asarray(crop_resize(scaled, size), dtype=np.float32), 0.0, 255.0)
 
 
 def read_image(path: str | Path, size: int | None = None, channels: int = 1) -> torch.Tensor:
@@ -74,7 +75,7 @@ def read_image(path: str | Path, size: int | None = None, channels: int = 1) -> 
                 if channels == 3:
                     arr = np.repeat(arr[..., None], 3, axis=-1)
             else:
-                im = _crop_resize(im.convert("L" if channels == 1 else "RGB"), size)
+                im = crop_resize(im.convert("L" if channels == 1 else "RGB"), size)
                 arr = np.asarray(im, dtype=np.uint8)
     except OSError as e:
         raise DiffinvError(f"cannot read image {path}: {e}") from e

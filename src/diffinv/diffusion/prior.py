@@ -66,7 +66,51 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-class DiffusionPrior(nn.Module):
+class NetworkPrior(nn.Module):
+    """What a network prior keeps track of, diffusion (:class:`DiffusionPrior`) or flow
+    (:class:`diffinv.flow.FlowPrior`): its ``network``'s device, the ``image_shape`` it works on,
+    the network precision and the count of network evaluations (subclasses set ``network``,
+    ``image_shape`` and ``_nfe``)."""
+
+    network: nn.Module
+    image_shape: tuple[int, ...]
+    _nfe: int
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.network.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations since the last :meth:`reset_nfe` (one per batched call)."""
+        return self._nfe
+
+    def reset_nfe(self) -> None:
+        self._nfe = 0
+
+    def set_precision(self, precision: str) -> NetworkPrior:
+        """Run the network in ``precision`` ("fp32" or "bf16"); returns self.
+
+        "bf16" wraps each network call in bfloat16 autocast (convolutions and matrix products in
+        bfloat16, 8 significand bits) and casts the output back to the input's dtype; on a CPU with
+        AVX512-BF16 DPS and DMPlug took 0.64-0.78x the fp32 time (``benchmarks/precision.md``);
+        on a CPU without native bfloat16 (AVX2 only) it is emulated and many times slower.
+        Gradients still flow (DPS, DMPlug); eps differs from fp32 by a few bf16 roundings
+        (``tests/test_unet_zoo.py`` bounds it by 2^-5 relative), so results differ slightly from
+        "fp32": benchmark rows record the precision.
+        """
+        if precision not in PRECISIONS:
+            raise UnknownNameError("precision", precision, PRECISIONS)
+        self.precision = precision
+        return self
+
+    def check_input(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        c, h, w = self.image_shape
+        return check_image(x, name, channels=c, size=(h, w), finite=False)
+
+
+class DiffusionPrior(NetworkPrior):
     """``prior.eps``, ``prior.x0`` (Tweedie, clamped), ``prior.score`` and the sampler steps."""
 
     def __init__(
@@ -94,43 +138,10 @@ class DiffusionPrior(nn.Module):
         self.name, self.sha256, self.domain = name, sha256, domain or name
         self._nfe = 0
 
-    # -- bookkeeping --------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        p = next(self.network.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
-
+    # -- bookkeeping (device, nfe, set_precision, check_input: NetworkPrior) ------------------
     @property
     def num_timesteps(self) -> int:
         return self.schedule.num_steps
-
-    @property
-    def nfe(self) -> int:
-        """Network evaluations since the last :meth:`reset_nfe` (one per batched call)."""
-        return self._nfe
-
-    def reset_nfe(self) -> None:
-        self._nfe = 0
-
-    def set_precision(self, precision: str) -> DiffusionPrior:
-        """Run the network in ``precision`` ("fp32" or "bf16"); returns self.
-
-        "bf16" wraps each network call in bfloat16 autocast (convolutions and matrix products in
-        bfloat16, 8 significand bits) and casts the output back to the input's dtype; on a CPU with
-        AVX512-BF16 DPS and DMPlug took 0.64-0.78x the fp32 time (``benchmarks/precision.md``);
-        on a CPU without native bfloat16 (AVX2 only) it is emulated and many times slower.
-        Gradients still flow (DPS, DMPlug); eps differs from fp32 by a few bf16 roundings
-        (``tests/test_unet_zoo.py`` bounds it by 2^-5 relative), so results differ slightly from
-        "fp32": benchmark rows record the precision.
-        """
-        if precision not in PRECISIONS:
-            raise UnknownNameError("precision", precision, PRECISIONS)
-        self.precision = precision
-        return self
-
-    def check_input(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-        c, h, w = self.image_shape
-        return check_image(x, name, channels=c, size=(h, w), finite=False)
 
     def _check_shape(self, x_t: torch.Tensor, name: str = "x_t") -> None:
         """Refuse a batch whose images are not of the prior's (C, H, W): the network would run on

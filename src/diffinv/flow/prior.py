@@ -41,8 +41,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from diffinv.checks import check_count, check_image
-from diffinv.diffusion.prior import PRECISIONS, autocast
+from diffinv.checks import check_count
+from diffinv.diffusion.prior import NetworkPrior, autocast
 from diffinv.errors import DiffinvError, NonFiniteError, ShapeError, UnknownNameError
 from diffinv.flow.source import Source
 from diffinv.seeding import batch_generators, randn
@@ -72,7 +72,7 @@ def time_grid(steps: int, shift: float = 1.0) -> list[float]:
     return out
 
 
-class FlowPrior(nn.Module):
+class FlowPrior(NetworkPrior):
     """A velocity network ``v(x_t, t)`` with its source (module docstring)."""
 
     kind = "flow"
@@ -99,36 +99,12 @@ class FlowPrior(nn.Module):
         self.set_precision(precision)
         self._nfe = 0
 
-    # -- bookkeeping (the DiffusionPrior ones) ---------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        p = next(self.network.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
-
-    @property
-    def nfe(self) -> int:
-        """Network evaluations since the last :meth:`reset_nfe` (one per batched call)."""
-        return self._nfe
-
-    def reset_nfe(self) -> None:
-        self._nfe = 0
-
-    def set_precision(self, precision: str) -> FlowPrior:
-        """Network arithmetic "fp32" or "bf16" (as :meth:`DiffusionPrior.set_precision`)."""
-        if precision not in PRECISIONS:
-            raise UnknownNameError("precision", precision, PRECISIONS)
-        self.precision = precision
-        return self
-
+    # -- bookkeeping (device, nfe, set_precision, check_input: NetworkPrior) ------------------
     def card(self) -> dict[str, Any]:
         """What the prior is: kind, convention, source card (for tables and logs)."""
         return {"kind": "flow", "name": self.name, "sha256": self.sha256, "convention": CONVENTION,
                 "time_scale": self.time_scale, "shift": self.shift,
                 "source": self.source.card(), **self.info}
-
-    def check_input(self, x: Tensor, name: str = "x") -> Tensor:
-        c, h, w = self.image_shape
-        return check_image(x, name, channels=c, size=(h, w), finite=False)
 
     def _check_shape(self, x: Tensor, name: str = "x_t") -> None:
         if not isinstance(x, Tensor):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -35,20 +35,27 @@ from diffinv.errors import DiffinvError, ShapeError
 Shape = tuple[int, ...]
 
 
-class Operator(nn.Module):
-    """Base class of every forward operator ``y = A(x; theta)`` (see the module docstring)."""
+class OperatorTraits:
+    """The attributes of the operator contract (module docstring), with their defaults: shared by
+    :class:`Operator` and the clip operators (:class:`diffinv.video.operators.ClipOperator`,
+    deliberately not an ``Operator``)."""
 
     #: one-line description (shown by ``diffinv measure --list``)
     description: str = ""
     linear: bool = False
     has_svd: bool = False
     blind: bool = False
-    #: names of the per-image parameters ``forward`` accepts
+    #: names of the per-image (per-clip) parameters ``forward`` accepts
     param_names: tuple[str, ...] = ()
     #: parameters ``forward`` cannot do without (no fixed default)
     required_params: tuple[str, ...] = ()
     #: whether measurements are images in [-1, 1] (False: e.g. Fourier magnitudes)
     image_like: bool = True
+
+
+class Operator(OperatorTraits, nn.Module):
+    """Base class of every forward operator ``y = A(x; theta)`` (see the module docstring)."""
+
     #: dimensions of one image's value of each parameter; a parameter is given with a leading
     #: batch dimension (B or 1) or without it (one value shared by the batch)
     param_ndim: dict[str, int] = {"kernel": 2, "mask": 3, "theta": 0, "std": 0, "z": 0,
@@ -78,8 +85,7 @@ class Operator(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments (public settings) that rebuild this operator."""
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
+        return constructor_config(self)
 
     # ---------------------------------------------------------------- public API
     def forward(self, x: Tensor, **params: Tensor) -> Tensor:
@@ -104,15 +110,7 @@ class Operator(nn.Module):
         ``A^T y``. The graph is kept (``create_graph``) when gradients are on, so the adjoint is
         itself differentiable in ``y`` and in the parameters.
         """
-        keep = torch.is_grad_enabled() and (
-            y.requires_grad or any(isinstance(p, Tensor) and p.requires_grad
-                                   for p in params.values()))
-        with torch.enable_grad():
-            x0 = torch.zeros(self.in_shape(y.shape), dtype=y.dtype, device=y.device,
-                             requires_grad=True)
-            out = self.apply(x0, **params)
-            (g,) = torch.autograd.grad(out, x0, grad_outputs=y, create_graph=keep)
-        return g
+        return vjp_adjoint(self.apply, self.in_shape(y.shape), y, params)
 
     def svd(self, in_shape: Sequence[int], **params: Tensor):
         """Fast SVD factors of ``A`` for images of shape ``in_shape`` (SVD-capable operators)."""
@@ -129,39 +127,82 @@ class Operator(nn.Module):
 
     # ---------------------------------------------------------------- helpers
     def _check_params(self, params: dict[str, Any], batch: int) -> dict[str, Any]:
-        unknown = sorted(set(params) - set(self.param_names))
-        if unknown:
-            raise DiffinvError(f"{type(self).__name__} got unknown parameter(s) {unknown}; "
-                               f"it takes {list(self.param_names) or 'none'}")
-        missing = [k for k in self.required_params if params.get(k) is None]
-        if missing:
-            raise DiffinvError(f"{type(self).__name__} needs parameter(s) {missing}"
-                               + (" (a blind family: draw them with draw_params or estimate them)"
-                                  if self.blind else ""))
-        out = {}
-        for k, v in params.items():
-            if v is None:
-                continue
-            if not isinstance(v, Tensor):
-                v = torch.as_tensor(v, dtype=torch.get_default_dtype())
-            nd = self.param_ndim.get(k)
-            if nd is not None:
-                if v.ndim == nd:
-                    v = v.unsqueeze(0)
-                if v.ndim != nd + 1:
-                    raise ShapeError(f"parameter {k!r} must have {nd} (shared) or {nd + 1} "
-                                     f"(per image) dimensions; got shape {tuple(v.shape)}")
-            if v.ndim >= 1 and v.shape[0] not in (1, batch):
-                raise ShapeError(f"parameter {k!r} has leading size {v.shape[0]}; expected 1 or "
-                                 f"the batch size {batch}")
-            if not torch.isfinite(v).all():
-                raise DiffinvError(f"parameter {k!r} contains NaN/Inf")
-            out[k] = v
-        return out
+        return check_params(
+            self, params, batch, self.param_ndim.get,
+            missing_hint=(" (a blind family: draw them with draw_params or estimate them)"
+                          if self.blind else ""))
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config().items()
-                         if not isinstance(v, Tensor))
+        return settings_repr(self.config(), hide=(Tensor,))
+
+
+# ------------------------------------------------------------------ shared with clip operators
+# (diffinv.video.operators.ClipOperator: the same contract on clips, deliberately not an Operator)
+def constructor_config(op: Any) -> dict[str, Any]:
+    """The attributes of ``op`` named as its constructor's arguments (an operator's ``config``)."""
+    sig = inspect.signature(type(op).__init__)
+    return {k: getattr(op, k) for k in sig.parameters if k != "self" and hasattr(op, k)}
+
+
+def settings_repr(config: dict[str, Any], *, hide: tuple[type, ...]) -> str:
+    """``k=v, ...`` of the settings in ``config`` that are not instances of ``hide``."""
+    return ", ".join(f"{k}={v!r}" for k, v in config.items() if not isinstance(v, hide))
+
+
+def vjp_adjoint(apply: Callable[..., Tensor], in_shape: Sequence[int], y: Tensor,
+                params: dict[str, Any]) -> Tensor:
+    """``A^T y`` of a linear ``apply`` (inputs of shape ``in_shape``) as the exact
+    vector-Jacobian product; the graph is kept when gradients are on and ``y`` or a parameter
+    needs them."""
+    keep = torch.is_grad_enabled() and (
+        y.requires_grad or any(isinstance(p, Tensor) and p.requires_grad
+                               for p in params.values()))
+    with torch.enable_grad():
+        x0 = torch.zeros(in_shape, dtype=y.dtype, device=y.device, requires_grad=True)
+        out = apply(x0, **params)
+        (g,) = torch.autograd.grad(out, x0, grad_outputs=y, create_graph=keep)
+    return g
+
+
+def check_params(op: Any, params: dict[str, Any], batch: int,
+                 ndim_of: Callable[[str], int | None], *, missing_hint: str = "",
+                 shared: str = "shared", each: str = "per image",
+                 batch_size: str = "the batch size", need_batch_dim: bool = False
+                 ) -> dict[str, Tensor]:
+    """``params`` checked against ``op.param_names`` / ``op.required_params`` (``missing_hint``
+    ends the error of a missing one) and as tensors: ``ndim_of(name)`` dimensions of one item's
+    value (None: any), given as is (``shared``) or with a leading dimension (``each``) of 1 or
+    ``batch`` (``batch_size`` in errors; ``need_batch_dim``: a 0-d value is refused), finite.
+    Values that are None are dropped; numbers become tensors of the default dtype."""
+    name = type(op).__name__
+    unknown = sorted(set(params) - set(op.param_names))
+    if unknown:
+        raise DiffinvError(f"{name} got unknown parameter(s) {unknown}; "
+                           f"it takes {list(op.param_names) or 'none'}")
+    missing = [k for k in op.required_params if params.get(k) is None]
+    if missing:
+        raise DiffinvError(f"{name} needs parameter(s) {missing}{missing_hint}")
+    out = {}
+    for k, v in params.items():
+        if v is None:
+            continue
+        if not isinstance(v, Tensor):
+            v = torch.as_tensor(v, dtype=torch.get_default_dtype())
+        nd = ndim_of(k)
+        if nd is not None:
+            if v.ndim == nd:
+                v = v.unsqueeze(0)
+            if v.ndim != nd + 1:
+                raise ShapeError(f"parameter {k!r} must have {nd} ({shared}) or {nd + 1} "
+                                 f"({each}) dimensions; got shape {tuple(v.shape)}")
+        if (v.ndim == 0 and need_batch_dim) or (v.ndim >= 1 and v.shape[0] not in (1, batch)):
+            raise ShapeError(f"parameter {k!r} has leading size "
+                             f"{v.shape[0] if v.ndim else 'none'}; expected 1 or "
+                             f"{batch_size} {batch}")
+        if not torch.isfinite(v).all():
+            raise DiffinvError(f"parameter {k!r} contains NaN/Inf")
+        out[k] = v
+    return out
 
 
 def per_image(value: Tensor | float, batch: int, *, like: Tensor) -> Tensor:

@@ -54,6 +54,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Any, ClassVar
 
 import torch
@@ -104,11 +105,24 @@ def _log_lerp(r: Range, u: float) -> float:
     return r[0] * (r[1] / r[0]) ** u
 
 
+#: :func:`check_range` settings of a range of positive numbers (stds, radii)
+_POSITIVE: dict[str, Any] = {"low_open": True}
+
+
 @dataclass(frozen=True)
 class KernelFamily:
     """A law of random kernels (see the module docstring); subclasses set ``name`` and the law."""
 
     name: ClassVar[str] = ""
+    #: the range fields :meth:`__post_init__` checks, in order: field -> :func:`check_range`
+    #: keyword arguments (``label``: the name errors give, the field's by default)
+    range_checks: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __post_init__(self):
+        for f, kw in self.range_checks.items():
+            kw = dict(kw)
+            label = kw.pop("label", f)
+            object.__setattr__(self, f, check_range(getattr(self, f), label, **kw))
 
     def draw_params(self, generator: torch.Generator) -> dict[str, float]:
         """The family's parameters for one kernel (uniform draws from ``generator``)."""
@@ -149,11 +163,8 @@ class ClassicGaussian(KernelFamily):
     """Today's Gaussian family: sampled isotropic Gaussian, std ``~ U(std_range)``."""
 
     name: ClassVar[str] = "gaussian"
+    range_checks: ClassVar[dict[str, dict[str, Any]]] = {"std_range": _POSITIVE}
     std_range: Range = (1.0, 2.0)
-
-    def __post_init__(self):
-        object.__setattr__(self, "std_range", check_range(self.std_range, "std_range",
-                                                          low_open=True))
 
     def draw_params(self, generator):
         return {"std": _lerp(self.std_range, _uniform(generator))}
@@ -178,14 +189,10 @@ class WideMotion(KernelFamily):
     length_range: Range = (0.0, 1.0)
     #: standard deviation of the smoothing pen, pixels
     width_range: Range = (0.2, 0.5)
-
-    def __post_init__(self):
-        object.__setattr__(self, "intensity_range",
-                           check_range(self.intensity_range, "intensity_range", high=1.0))
-        object.__setattr__(self, "length_range",
-                           check_range(self.length_range, "length_range (fraction of size - 1)",
-                                       high=1.0))
-        object.__setattr__(self, "width_range", check_range(self.width_range, "width_range"))
+    range_checks: ClassVar[dict[str, dict[str, Any]]] = {
+        "intensity_range": {"high": 1.0},
+        "length_range": {"label": "length_range (fraction of size - 1)", "high": 1.0},
+        "width_range": {}}
 
     def draw_params(self, generator):
         g = generator
@@ -205,11 +212,8 @@ class WideGaussian(KernelFamily):
     """Pixel-integrated isotropic Gaussians, std log-uniform on ``std_range``."""
 
     name: ClassVar[str] = "gaussian-wide"
+    range_checks: ClassVar[dict[str, dict[str, Any]]] = {"std_range": _POSITIVE}
     std_range: Range = (0.3, 2.5)
-
-    def __post_init__(self):
-        object.__setattr__(self, "std_range", check_range(self.std_range, "std_range",
-                                                          low_open=True))
 
     def draw_params(self, generator):
         return {"std": _log_lerp(self.std_range, _uniform(generator))}
@@ -225,12 +229,8 @@ class AnisotropicGaussian(KernelFamily):
     name: ClassVar[str] = "gaussian-anisotropic"
     std_range: Range = (0.3, 2.5)
     ratio_range: Range = (0.2, 1.0)
-
-    def __post_init__(self):
-        object.__setattr__(self, "std_range", check_range(self.std_range, "std_range",
-                                                          low_open=True))
-        object.__setattr__(self, "ratio_range", check_range(self.ratio_range, "ratio_range",
-                                                            high=1.0, low_open=True))
+    range_checks: ClassVar[dict[str, dict[str, Any]]] = {
+        "std_range": _POSITIVE, "ratio_range": {"high": 1.0, "low_open": True}}
 
     def draw_params(self, generator):
         g = generator
@@ -243,37 +243,34 @@ class AnisotropicGaussian(KernelFamily):
 
 
 @dataclass(frozen=True)
-class Airy(KernelFamily):
+class _RadiusFamily(KernelFamily):
+    """Kernels of one radius, uniform on ``radius_range`` (subclasses set the default range)."""
+
+    radius_range: Range = (0.5, 2.5)
+    range_checks: ClassVar[dict[str, dict[str, Any]]] = {"radius_range": _POSITIVE}
+
+    def draw_params(self, generator):
+        return {"radius": _lerp(self.radius_range, _uniform(generator))}
+
+
+@dataclass(frozen=True)
+class Airy(_RadiusFamily):
     """Pixel-integrated Airy patterns (diffraction by a circular aperture), with rings."""
 
     name: ClassVar[str] = "airy"
     #: radius of the first dark ring, pixels
     radius_range: Range = (0.5, 2.5)
 
-    def __post_init__(self):
-        object.__setattr__(self, "radius_range", check_range(self.radius_range, "radius_range",
-                                                             low_open=True))
-
-    def draw_params(self, generator):
-        return {"radius": _lerp(self.radius_range, _uniform(generator))}
-
     def kernel(self, size, radius):
         return airy_kernel(size, radius)
 
 
 @dataclass(frozen=True)
-class Disk(KernelFamily):
+class Disk(_RadiusFamily):
     """Pixel-integrated uniform disks (geometric defocus)."""
 
     name: ClassVar[str] = "disk"
     radius_range: Range = (0.5, 4.0)
-
-    def __post_init__(self):
-        object.__setattr__(self, "radius_range", check_range(self.radius_range, "radius_range",
-                                                             low_open=True))
-
-    def draw_params(self, generator):
-        return {"radius": _lerp(self.radius_range, _uniform(generator))}
 
     def kernel(self, size, radius):
         return disk_kernel(size, radius)
@@ -292,7 +289,7 @@ def make_family(name: str, **settings: Any) -> KernelFamily:
     if name not in FAMILIES:
         raise UnknownNameError("kernel family", name, list(FAMILIES))
     cls = FAMILIES[name]
-    fields = [f for f in cls.__dataclass_fields__ if f != "name"]
+    fields = [f.name for f in dataclass_fields(cls)]
     bad = sorted(set(settings) - set(fields))
     if bad:
         raise DiffinvError(f"kernel family {name!r} does not take {bad}; it takes {fields}")

@@ -245,39 +245,57 @@ def save_measurement(m: Measurement, directory: str | os.PathLike, *,
     return out
 
 
-def _is_int(v: Any) -> bool:
+# ------------------------------------------------------------------ record checks
+# (shared with the clip measurements of diffinv.video.measurement)
+def is_int(v: Any) -> bool:
+    """An int that is not a bool (a JSON integer)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _list_of(check: Any) -> Any:
+def list_of(check: Any) -> Any:
+    """The test "a list whose items all pass ``check``"."""
     return lambda v: isinstance(v, list) and all(check(e) for e in v)
 
 
-def _optional(check: Any) -> Any:
+def optional(check: Any) -> Any:
+    """The test "None or passes ``check``"."""
     return lambda v: v is None or check(v)
 
 
-def _is_str(v: Any) -> bool:
+def is_str(v: Any) -> bool:
     return isinstance(v, str)
+
+
+def check_spec_schema(spec: dict[str, Any], schema: dict[str, tuple[str, Any, bool]],
+                      path: Path) -> None:
+    """Every key of ``schema`` (``key: (what the value must be, its test, required)``) present
+    when required and, when present, passing its test; otherwise an IntegrityError naming
+    ``path``."""
+    for key, (what, ok, required) in schema.items():
+        if key not in spec:
+            if required:
+                raise IntegrityError(f"{path} lacks {key!r} ({what})")
+        elif not ok(spec[key]):
+            raise IntegrityError(f"{path}: {key!r} must be {what}, got {spec[key]!r}")
 
 
 #: the keys of ``spec.json``: (what the value must be, its test, required)
 SPEC_SCHEMA: dict[str, tuple[str, Any, bool]] = {
-    "format": ("a string", _is_str, True),
-    "version": ("an integer", _is_int, True),
-    "operator": ("an operator name", _is_str, True),
+    "format": ("a string", is_str, True),
+    "version": ("an integer", is_int, True),
+    "operator": ("an operator name", is_str, True),
     "config": ("a JSON object of operator settings", lambda v: isinstance(v, dict), True),
-    "noise": ("a noise spec such as 'gaussian:0.05'", _is_str, True),
-    "seed": ("an integer", _is_int, True),
-    "domain": ("a string", _is_str, True),
-    "indices": ("a list of integers", _list_of(_is_int), True),
-    "y_shape": ("a list of integers", _list_of(_is_int), True),
-    "params": ("a list of parameter names", _list_of(_is_str), True),
+    "noise": ("a noise spec such as 'gaussian:0.05'", is_str, True),
+    "seed": ("an integer", is_int, True),
+    "domain": ("a string", is_str, True),
+    "indices": ("a list of integers", list_of(is_int), True),
+    "y_shape": ("a list of integers", list_of(is_int), True),
+    "params": ("a list of parameter names", list_of(is_str), True),
     "blind": ("true or false", lambda v: isinstance(v, bool), False),
-    "source": ("a string or null", _optional(_is_str), False),
-    "dtype": ("a string", _is_str, False),
-    "hidden_truth": ("a file name or null", _optional(_is_str), False),
-    "true_params": ("a list of parameter names", _list_of(_is_str), False),
+    "source": ("a string or null", optional(is_str), False),
+    "dtype": ("a string", is_str, False),
+    "hidden_truth": ("a file name or null", optional(is_str), False),
+    "true_params": ("a list of parameter names", list_of(is_str), False),
 }
 
 
@@ -306,18 +324,13 @@ def _read_spec(d: Path) -> dict[str, Any]:
     version = spec.get("version")
     if "version" not in spec:
         raise IntegrityError(f"{path} lacks 'version' (an integer)")
-    if not _is_int(version):
+    if not is_int(version):
         what = f"the string {version!r}" if isinstance(version, str) else repr(version)
         raise IntegrityError(f"{path}: 'version' must be an integer, got {what}")
     if version != VERSION:
         raise IntegrityError(f"{d} has format version {version}; this diffinv reads "
                              f"version {VERSION}")
-    for key, (what, ok, required) in SPEC_SCHEMA.items():
-        if key not in spec:
-            if required:
-                raise IntegrityError(f"{path} lacks {key!r} ({what})")
-        elif not ok(spec[key]):
-            raise IntegrityError(f"{path}: {key!r} must be {what}, got {spec[key]!r}")
+    check_spec_schema(spec, SPEC_SCHEMA, path)
     if spec["operator"] not in OPERATORS:
         raise IntegrityError(f"{path}: unknown operator {spec['operator']!r}")
     if len(spec["indices"]) != (spec["y_shape"] or [0])[0]:
@@ -381,10 +394,10 @@ def check_record_params(op: Operator, config: dict[str, Any], params: dict[str, 
         size, grid = config.get("size"), config.get("grid")
         if k in ("kernel", "kernels"):
             h, w = (int(s) for s in v.shape[-2:])
-            if _is_int(size) and (h, w) != (size, size):
+            if is_int(size) and (h, w) != (size, size):
                 raise error(f"{where}: parameter {k!r} holds {h}x{w} kernels, but operator "
                             f"{op_name} has kernel size {size} (its 'size' setting)")
-            if k == "kernels" and _is_int(grid) and v.shape[1] != grid ** 2:
+            if k == "kernels" and is_int(grid) and v.shape[1] != grid ** 2:
                 raise error(f"{where}: parameter 'kernels' holds {v.shape[1]} kernels per image, "
                             f"but operator {op_name} has a {grid}x{grid} grid of them")
             if v.dtype in (torch.float16, torch.bfloat16):  # their sums are off by rounding

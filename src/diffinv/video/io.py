@@ -68,21 +68,11 @@ def frame_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
-def _crop_resize(im, size: int | None):
-    """Centre-crop to a square and resize to ``size`` (Lanczos), as image files are read."""
-    from PIL import Image
-
-    if size is None:
-        return im
-    w, h = im.size
-    s = min(w, h)
-    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    return im.resize((size, size), Image.Resampling.LANCZOS) if s != size else im
-
-
 def _convert(im, size: int | None, channels: int) -> Tensor:
     """A Pillow frame -> ``(C, H, W)`` float32 in [-1, 1] (read_image's conversion)."""
-    im = _crop_resize(im.convert("L" if channels == 1 else "RGB"), size)
+    from diffinv.data.images import crop_resize
+
+    im = crop_resize(im.convert("L" if channels == 1 else "RGB"), size)
     arr = np.asarray(im, dtype=np.uint8)
     x = torch.from_numpy(arr.astype(np.float32)).div_(127.5).sub_(1.0)
     return x[None] if channels == 1 else x.permute(2, 0, 1).contiguous()

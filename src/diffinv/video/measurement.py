@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from diffinv.errors import DiffinvError, IntegrityError, MissingAssetError, ShapeError
+from diffinv.physics.measurement import check_spec_schema, is_int, is_str, list_of
 from diffinv.video.clips import check_clip, check_flow
 from diffinv.video.data import DEFAULT_FPS
 from diffinv.video.operators import ClipOperator, make_clip_operator
@@ -284,26 +285,17 @@ def save_clip_measurement(m: ClipMeasurement, directory: str | os.PathLike, *,
 
 
 # ------------------------------------------------------------------ loading
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _ints(v: Any) -> bool:
-    return isinstance(v, list) and all(_is_int(e) for e in v)
-
-
-def _strs(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(e, str) for e in v)
+_ints, _strs = list_of(is_int), list_of(is_str)
 
 
 #: the keys of ``spec.json``: (what the value must be, its test, required)
 SPEC_SCHEMA: dict[str, tuple[str, Any, bool]] = {
     "format": ("a string", lambda v: isinstance(v, str), True),
-    "version": ("an integer", _is_int, True),
+    "version": ("an integer", is_int, True),
     "operator": ("a clip-operator name", lambda v: isinstance(v, str), True),
     "settings": ("a JSON object of operator settings", lambda v: isinstance(v, dict), True),
     "noise": ("a noise spec such as 'gaussian:0.01'", lambda v: isinstance(v, str), True),
-    "seed": ("an integer", _is_int, True),
+    "seed": ("an integer", is_int, True),
     "indices": ("a list of integers", _ints, True),
     "fps": ("a number > 0", lambda v: isinstance(v, int | float) and not isinstance(v, bool)
             and math.isfinite(v) and v > 0, True),
@@ -336,12 +328,7 @@ def _read_spec(d: Path) -> dict[str, Any]:
     if spec.get("version") != VERSION:
         raise IntegrityError(f"{d} has format version {spec.get('version')!r}; this diffinv reads "
                              f"version {VERSION}")
-    for key, (what, ok, required) in SPEC_SCHEMA.items():
-        if key not in spec:
-            if required:
-                raise IntegrityError(f"{path} lacks {key!r} ({what})")
-        elif not ok(spec[key]):
-            raise IntegrityError(f"{path}: {key!r} must be {what}, got {spec[key]!r}")
+    check_spec_schema(spec, SPEC_SCHEMA, path)
     if len(spec["indices"]) != spec["y_shape"][0]:
         raise IntegrityError(f"{path}: {len(spec['indices'])} indices for a batch of shape "
                              f"{spec['y_shape']}")

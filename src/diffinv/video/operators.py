@@ -39,22 +39,21 @@ import torch
 from torch import Tensor, nn
 
 from diffinv.errors import DiffinvError, ShapeError, UnknownNameError
+from diffinv.physics.base import (
+    OperatorTraits,
+    check_params,
+    constructor_config,
+    settings_repr,
+    vjp_adjoint,
+)
 from diffinv.video.clips import batched, check_clip, unbatched
 
 Shape = tuple[int, ...]
 TEMPORAL_BOUNDARIES = ("circular", "replicate", "reflect", "zero")
 
 
-class ClipOperator(nn.Module):
+class ClipOperator(OperatorTraits, nn.Module):
     """Base class of the clip operators (see the module docstring)."""
-
-    description: str = ""
-    linear: bool = False
-    has_svd: bool = False
-    blind: bool = False
-    param_names: tuple[str, ...] = ()
-    required_params: tuple[str, ...] = ()
-    image_like: bool = True
 
     # ------------------------------------------------------------ to be implemented
     def apply(self, x: Tensor, **params: Tensor) -> Tensor:
@@ -79,8 +78,7 @@ class ClipOperator(nn.Module):
         return {}
 
     def config(self) -> dict[str, Any]:
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
+        return constructor_config(self)
 
     # ------------------------------------------------------------ public API
     def forward(self, x: Tensor, **params: Tensor) -> Tensor:
@@ -101,14 +99,7 @@ class ClipOperator(nn.Module):
 
     def apply_adjoint(self, y: Tensor, **params: Tensor) -> Tensor:
         """The exact vector-Jacobian product of the (linear) ``apply`` (override when cheaper)."""
-        keep = torch.is_grad_enabled() and (y.requires_grad or any(
-            isinstance(p, Tensor) and p.requires_grad for p in params.values()))
-        with torch.enable_grad():
-            x0 = torch.zeros(self.in_shape(y.shape), dtype=y.dtype, device=y.device,
-                             requires_grad=True)
-            (g,) = torch.autograd.grad(self.apply(x0, **params), x0, grad_outputs=y,
-                                       create_graph=keep)
-        return g
+        return vjp_adjoint(self.apply, self.in_shape(y.shape), y, params)
 
     def check_measurement(self, y: Tensor, name: str = "y") -> Tensor:
         """A finite clip (or batch of clips) of a shape this operator produces."""
@@ -122,39 +113,13 @@ class ClipOperator(nn.Module):
 
     # ------------------------------------------------------------ helpers
     def _check_params(self, params: dict[str, Any], batch: int, single: bool) -> dict[str, Tensor]:
-        unknown = sorted(set(params) - set(self.param_names))
-        if unknown:
-            raise DiffinvError(f"{type(self).__name__} got unknown parameter(s) {unknown}; it "
-                               f"takes {list(self.param_names) or 'none'}")
-        missing = [k for k in self.required_params if params.get(k) is None]
-        if missing:
-            raise DiffinvError(f"{type(self).__name__} needs parameter(s) {missing} (draw them "
-                               "with draw_params)")
-        out = {}
-        for k, v in params.items():
-            if v is None:
-                continue
-            if not isinstance(v, Tensor):
-                v = torch.as_tensor(v, dtype=torch.get_default_dtype())
-            nd = self.param_clip_ndim(k)
-            if nd is not None:
-                if v.ndim == nd:
-                    v = v.unsqueeze(0)
-                if v.ndim != nd + 1:
-                    raise ShapeError(f"parameter {k!r} must have {nd} (one clip) or {nd + 1} "
-                                     f"(per clip) dimensions; got shape {tuple(v.shape)}")
-            if v.ndim == 0 or v.shape[0] not in (1, batch):
-                raise ShapeError(f"parameter {k!r} has leading size "
-                                 f"{v.shape[0] if v.ndim else 'none'}; expected 1 or the number "
-                                 f"of clips {batch}")
-            if not torch.isfinite(v).all():
-                raise DiffinvError(f"parameter {k!r} contains NaN/Inf")
-            out[k] = v
-        return out
+        return check_params(self, params, batch, self.param_clip_ndim,
+                            missing_hint=" (draw them with draw_params)", shared="one clip",
+                            each="per clip", batch_size="the number of clips",
+                            need_batch_dim=True)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config().items()
-                         if not isinstance(v, (Tensor, nn.Module)))
+        return settings_repr(self.config(), hide=(Tensor, nn.Module))
 
 
 def frame_generators(g: torch.Generator, n: int) -> list[torch.Generator]:

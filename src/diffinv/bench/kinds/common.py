@@ -27,7 +27,7 @@ runner and its tests do not depend on them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from diffinv.bench.errors import BenchConfigError
@@ -250,6 +250,18 @@ def call_until_first_module(where: str, solver: Any, *args: Any, **kwargs: Any) 
         raise BenchConfigError(f"{where}: {e}") from None
     finally:
         handle.remove()
+
+
+def rehearsal_cells(cells: Sequence[Cell]) -> Iterator[tuple[Cell, str]]:
+    """The first cell of each (method, task, prior) of ``cells``, in order, with its
+    :func:`cell_name`: the cells a kind's ``rehearse`` runs."""
+    seen: set[tuple[str, ...]] = set()
+    for cell in cells:
+        key = tuple(cell[a].digest for a in ("method", "task", "prior"))
+        if key in seen:
+            continue
+        seen.add(key)
+        yield cell, cell_name(cell)
 
 
 def cell_name(cell: Cell, axes: Sequence[str] = ("method", "task", "prior")) -> str:

@@ -46,7 +46,7 @@ from diffinv.bench.kinds.common import (
     THREADS_HELP,
     cached_prior,
     call_until_first_module,
-    cell_name,
+    rehearsal_cells,
     resolve_identity,
     solver_factory,
     task_parts,
@@ -90,13 +90,7 @@ def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
     """Every (method, task, prior) of ``cells`` on a batch of one, up to the solver's first
     network evaluation (:func:`~diffinv.bench.kinds.common.call_until_first_module`): what the
     solver refuses on entry stops the run before its first row."""
-    seen: set[tuple[str, ...]] = set()
-    for cell in cells:
-        key = tuple(cell[a].digest for a in ("method", "task", "prior"))
-        if key in seen:
-            continue
-        seen.add(key)
-        where = cell_name(cell)
+    for cell, where in rehearsal_cells(cells):
         try:
             prior = cached_prior(ctx, cell["prior"])
             solver = solver_factory()(cell["method"].name, **cell["method"].params)

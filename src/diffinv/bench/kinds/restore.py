@@ -72,11 +72,11 @@ from diffinv.bench.kinds.common import (
     TRUE_OPERATOR,
     cached_prior,
     call_until_first_module,
-    cell_name,
     dataset_images,
     dataset_split,
     derived_seed,
     parse_dataset,
+    rehearsal_cells,
     resolve_identity,
     solver_factory,
     solver_params,
@@ -251,13 +251,7 @@ def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
     or another count it refuses, a prior of another domain) stops the run before its first row,
     naming the cell. Nothing is written.
     """
-    seen: set[tuple[str, ...]] = set()
-    for cell in cells:
-        key = tuple(cell[a].digest for a in ("method", "task", "prior"))
-        if key in seen:
-            continue
-        seen.add(key)
-        where = cell_name(cell)
+    for cell, where in rehearsal_cells(cells):
         try:
             s = _setup(ctx, cell, [0])
             kwargs = _evaluation_kwargs(s.solver, ctx.metrics, s.x)

@@ -59,6 +59,7 @@ from diffinv.bench.kinds.common import (
     cell_name,
     derived_seed,
     prior_source,
+    rehearsal_cells,
     resolve_identity,
     task_parts,
 )
@@ -289,13 +290,9 @@ def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
     """Every (method, task, prior) with work left, on clip 0, up to the solver's first network or
     operator call: what a solver checks on entry (the prior's image size, a temporal PSF wider
     than the clip, ...) stops the run before its first row, naming the cell."""
-    seen: set[tuple[str, ...]] = set()
-    for cell in cells:
-        key = tuple(cell[a].digest for a in ("method", "task", "prior"))
-        if key in seen or cell["method"].name == TRUTH:
+    for cell, where in rehearsal_cells(cells):
+        if cell["method"].name == TRUTH:
             continue
-        seen.add(key)
-        where = cell_name(cell)
         try:
             s = _setup(ctx, cell, [0])
         except DiffinvError as e:
