@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "diffinv.cli.measure",
     "diffinv.cli.solve",
     "diffinv.cli.train_prior",
+    "diffinv.cli.train_autoencoder",
     "diffinv.cli.train_likelihood",
     "diffinv.cli.train_davi",
     "diffinv.cli.train_deblur_net",

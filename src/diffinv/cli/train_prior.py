@@ -106,6 +106,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a folder: when done, export the EMA weights into it as DIR/<dataset>.safetensors "
         "+ DIR/<dataset>.json (the folder is created; files of those names are replaced)",
     )
+    p.add_argument("--latent", metavar="AE", default=None,
+                   help="an autoencoder export (diffinv train-autoencoder): train the diffusion "
+                   "on its scaled latents; --export then writes a latent prior (the autoencoder "
+                   "copied beside it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -146,15 +150,27 @@ def run(args: argparse.Namespace) -> int:
             dropout=args.dropout,
         ),
     )
+    data = None
+    if args.latent:  # a latent diffusion: the data are the autoencoder's scaled latents
+        from diffinv.latent.training import latent_training_data
+
+        cfg.dataset, data = latent_training_data(args.latent, name, cfg.objective,
+                                                 cfg.train_images)
     ckpt = train_prior(
         cfg,
+        data=data,
         device=args.device,
         progress=not args.no_progress,
         max_steps_this_run=args.max_steps_this_run,
     )
     print(f"checkpoint: {ckpt}")
     if args.export:
-        path = export_prior(ckpt, args.export, name)
+        if args.latent:
+            from diffinv.latent.training import export_latent_prior
+
+            path = export_latent_prior(ckpt, args.latent, args.export, f"{name}-latent")
+        else:
+            path = export_prior(ckpt, args.export, name)
         print(f"exported: {path}")
     return 0
 

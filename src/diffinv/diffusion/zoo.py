@@ -148,7 +148,12 @@ def _load_safetensors(
         from diffinv.flow.training import build_flow_prior
 
         return build_flow_prior(meta, weights, str(path), sha, device)
-    return _build(meta, weights, str(path), sha, device)
+    prior = _build(meta, weights, str(path), sha, device)
+    if "latent" in meta:  # a latent diffusion with its autoencoder beside it (diffinv.latent)
+        from diffinv.latent.training import wrap_latent
+
+        return wrap_latent(prior, meta, path, device)
+    return prior
 
 
 def _from_training_state(
@@ -326,7 +331,10 @@ def _load(name_or_path: str | Path, device: str | torch.device,
         return _load_safetensors(embedded_dir() / f"{name}.safetensors", device, sha256)
     if path.is_dir():
         from diffinv.diffusion.diffusers_folder import is_diffusers_folder, load_diffusers_prior
+        from diffinv.latent.diffusers import is_latent_folder, load_latent_diffusers
 
+        if is_latent_folder(path):
+            return load_latent_diffusers(path, device, sha256)
         if is_diffusers_folder(path):
             return load_diffusers_prior(path, device, sha256)
         raise DiffinvError(f"{path} is a folder but not a diffusers UNet folder (config.json, or "
