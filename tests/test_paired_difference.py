@@ -28,3 +28,26 @@ def test_the_newest_row_of_each_image_replaces_a_stale_one():
         assert sorted(diffs[(("task", "blur"),)]["psnr"]) == [10.0, 11.0]
         # with the stale rows dropped, b has as many images as a, so a is b's best other row
         assert paired_difference.best_other(kept, "method", "b", "psnr") == {(("task", "blur"),): "a"}
+
+
+def test_each_method_minus_one_reference(tmp_path, monkeypatch, capsys):
+    """``--b`` repeated with one ``--a``: a table of each b minus that a, with a verdict."""
+    import json
+    import sys
+
+    stamp = "2026-12-05T10:00:00.000+00:00"
+    data = (rows("y", [20.0, 21.0, 22.0], stamp) + rows("good", [25.0, 25.5, 27.0], stamp)
+            + rows("bad", [15.0, 15.5, 17.0], stamp) + rows("same", [21.0, 20.0, 22.0], stamp))
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps({"kind": "restore", **r}) + "\n" for r in data))
+    out = tmp_path / "p.md"
+    monkeypatch.setattr(sys, "argv", ["paired_difference.py", str(path), "--axis", "method",
+                                      "--a", "y", "--b", "good", "--b", "bad", "--b", "same",
+                                      "-o", str(out)])
+    paired_difference.main()
+    text = out.read_text()
+    assert "each of good, bad, same minus y" in text
+    lines = {ln.split(" | ")[0][2:]: ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "+4.8333" in lines["good"] and lines["good"].endswith("| above |")
+    assert "-5.1667" in lines["bad"] and lines["bad"].endswith("| below |")
+    assert "+0.0000" in lines["same"] and lines["same"].endswith("| level |")

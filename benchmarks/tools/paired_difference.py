@@ -14,6 +14,12 @@ as many images as ``b`` (``--exclude`` keeps references such as a true-operator 
     python benchmarks/tools/paired_difference.py benchmarks/linear*.jsonl --axis method \
         --a DPS --a best --b DiffPIR --metric psnr -o benchmarks/linear_paired_diffpir.md
 
+``--b`` may be repeated instead (with one ``--a``): one table of each ``b`` minus the same
+reference, e.g. every method minus the do-nothing row (the measurement as the estimate):
+
+    python benchmarks/tools/paired_difference.py benchmarks/blind_linear.part*.jsonl --axis method \
+        --a 'measurement as the estimate (y)' --b BlindDPS --b CL-DPS -o benchmarks/blind_linear_paired_y.md
+
 For every (other axes) cell present under both labels, the table gives N, mean(b - a) with its
 95% interval, and max |b - a|, per metric. Rows are matched by image index, so the interval is
 that of the paired difference (far tighter than comparing two means with their own intervals).
@@ -102,13 +108,23 @@ def paired_with_best(rows: list[dict], axis: str, b: str, metric: str,
     return out, best
 
 
+def psnr_verdict(diffs: Sequence[float]) -> str:
+    """``above`` / ``below`` when the 95% interval of the paired PSNR difference excludes 0,
+    else ``level``."""
+    if len(diffs) < 2:
+        return ""
+    st = mean_interval(list(diffs))
+    return "above" if st.low > 0 else "below" if st.high < 0 else "level"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("jsonl", type=Path, nargs="+", help="the run's rows (several files: its shards)")
     ap.add_argument("--axis", default="prior")
     ap.add_argument("--a", required=True, action="append",
                     help="label of the reference row (repeatable: b minus each)")
-    ap.add_argument("--b", required=True, help="label of the compared row")
+    ap.add_argument("--b", required=True, action="append",
+                    help="label of the compared row (repeatable with one --a: each b minus a)")
     ap.add_argument("--metric", action="append", default=None,
                     help="only this metric (repeatable); default: every metric both rows have")
     ap.add_argument("--best-by", default="psnr", help="metric that picks the best (--a best)")
@@ -119,15 +135,24 @@ def main() -> None:
     rows = latest_rows([r for path in args.jsonl for r in read_records(path)[0]])
     best_of: dict[tuple, str] = {}
     by_ref = {}
-    for a in args.a:
+    each_b = len(args.b) > 1
+    if each_b and (len(args.a) > 1 or "best" in args.a):
+        raise SystemExit("several --b need exactly one --a (not 'best'): each b minus that a")
+    if each_b:  # rows keyed by the compared label: each b minus the one reference
+        by_ref = {b: paired(rows, args.axis, args.a[0], b) for b in args.b}
+        empty = [b for b, d in by_ref.items() if not d]
+        if empty:
+            raise SystemExit(f"no image is present under both {args.a[0]!r} and {empty}")
+    b_label = args.b[0]
+    for a in ([] if each_b else args.a):
         if a == "best":
-            by_ref[a], best_of = paired_with_best(rows, args.axis, args.b, args.best_by,
+            by_ref[a], best_of = paired_with_best(rows, args.axis, b_label, args.best_by,
                                                   args.exclude)
         else:
-            by_ref[a] = paired(rows, args.axis, a, args.b)
+            by_ref[a] = paired(rows, args.axis, a, b_label)
     empty = [a for a, d in by_ref.items() if not d]
     if empty:
-        raise SystemExit(f"no image is present under both {empty} and {args.b!r}")
+        raise SystemExit(f"no image is present under both {empty} and {b_label!r}")
     metrics = sorted({m for diffs in by_ref.values() for d in diffs.values() for m in d})
     if args.metric:
         unknown = sorted(set(args.metric) - set(metrics))
@@ -137,20 +162,28 @@ def main() -> None:
     sources = " ".join(f"`{p}`" for p in args.jsonl)
     argv = ["python", "benchmarks/tools/paired_difference.py", *sys.argv[1:]]
     command = " ".join(shlex.quote(a) for a in argv)
-    several = len(args.a) > 1
+    several = len(args.a) > 1 or each_b
     if "best" in args.a:
         title_note = f" (best: the other row with the highest mean {args.best_by} in the cell)"
     else:
         title_note = ""
-    title = f"{args.b} minus each of {', '.join(args.a)}" if several else f"{args.b} minus {args.a[0]}"
+    if each_b:
+        title = f"each of {', '.join(args.b)} minus {args.a[0]}"
+    elif several:
+        title = f"{b_label} minus each of {', '.join(args.a)}"
+    else:
+        title = f"{b_label} minus {args.a[0]}"
+    verdict = each_b and "psnr" in metrics  # each b above, below or level with the reference
     lines = [f"# Paired differences: {title}{title_note}", "",
              f"- Made by: `{command}`",
              f"- Source: {sources} (rows matched by cell and image index)",
              "- Cells: mean of the per-image difference ± half-width of its 95% Student-t "
              "interval; max |diff| over the images", "",
-             "| " + ("minus | " if several else "") + "cell | N | "
-             + " | ".join(f"{m}: mean diff | {m}: max abs" for m in metrics) + " |",
-             "|" + ("---|" if several else "") + "---|--:|" + "--:|--:|" * len(metrics)]
+             "| " + (f"{args.axis} | " if each_b else "minus | " if several else "") + "cell | N | "
+             + " | ".join(f"{m}: mean diff | {m}: max abs" for m in metrics)
+             + (f" | psnr vs {args.a[0]}" if verdict else "") + " |",
+             "|" + ("---|" if several else "") + "---|--:|" + "--:|--:|" * len(metrics)
+             + ("---|" if verdict else "")]
     for a, diffs in by_ref.items():
         for rest, d in sorted(diffs.items()):
             n = max(len(v) for v in d.values())
@@ -163,6 +196,8 @@ def main() -> None:
                 st = mean_interval(v)
                 cells += [f"{st.center:+.4f} ± {(st.high - st.low) / 2:.4f}" if len(v) > 1
                           else f"{st.center:+.4f}", f"{max(abs(x) for x in v):.4g}"]
+            if verdict:
+                cells.append(psnr_verdict(d.get("psnr", [])))
             name = ", ".join(label for _, label in rest)
             ref = f"best: {best_of[rest]}" if a == "best" else a
             lines.append("| " + (f"{ref} | " if several else "") + f"{name} | {n} | "

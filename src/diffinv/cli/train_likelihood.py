@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from diffinv.cli import int_list, positive_int
+from diffinv.cli import (
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    positive_int_list,
+)
 
 HELP = "train or resume CL-DPS's contrastive (MoCo) likelihood encoder on random blind measurements"
 
@@ -26,31 +33,64 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated operator families of the queries")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, train_log.jsonl)")
     p.add_argument("--steps", type=positive_int, default=4000, help="total optimisation steps")
-    p.add_argument("--batch", type=int, default=128, help="global batch of queries")
-    p.add_argument("--positives", type=int, default=4, help="noisy positive keys per query")
-    p.add_argument("--queue", type=int, default=4096, help="negative keys kept (K)")
-    p.add_argument("--momentum", type=float, default=0.999, help="key-encoder momentum m")
-    p.add_argument("--tau", type=float, default=0.07, help="InfoNCE temperature")
-    p.add_argument("--lr", type=float, default=0.03, help="SGD learning rate (cosine decay)")
-    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
-    p.add_argument("--intensity-weight", type=float, default=1.0,
+    p.add_argument("--batch", type=positive_int, default=128, help="global batch of queries")
+    p.add_argument("--positives", type=positive_int, default=4,
+                   help="noisy positive keys per query")
+    p.add_argument("--queue", type=positive_int, default=4096, help="negative keys kept (K)")
+    p.add_argument("--momentum", type=fraction, default=0.999,
+                   help="key-encoder momentum m, in [0, 1)")
+    p.add_argument("--tau", type=positive_float, default=0.07, help="InfoNCE temperature")
+    p.add_argument("--lr", type=positive_float, default=0.03,
+                   help="SGD learning rate (cosine decay)")
+    p.add_argument("--warmup", type=non_negative_int, default=200,
+                   help="linear learning-rate warm-up steps")
+    p.add_argument("--intensity-weight", type=non_negative_float, default=1.0,
                    help="weight of the intensity head's loss (0: no head)")
-    p.add_argument("--sigma-max", type=float, default=0.05, help="largest query noise sigma")
-    p.add_argument("--key-abar-min", type=float, default=0.0,
+    p.add_argument("--sigma-max", type=non_negative_float, default=0.05,
+                   help="largest query noise sigma")
+    p.add_argument("--key-abar-min", type=fraction, default=0.0,
                    help="positives are diffused to abar ~ U(this, 1) (0: the snapshot's U(0, 1))")
-    p.add_argument("--width", type=int, default=32, help="first stage width of the ResNet")
-    p.add_argument("--blocks", type=int_list, default=[1, 1, 1], help="residual blocks per stage")
-    p.add_argument("--dim", type=int, default=128, help="embedding dimension")
+    p.add_argument("--crop", type=non_negative_int, default=0,
+                   help="train on random CROPxCROP windows (query: the window of y; keys: the same "
+                   "window of x diffused); the encoder's input size; 0: the whole image")
+    p.add_argument("--hard-negatives", default="",
+                   help="our extension (not the paper's): comma-separated per-query negative keys, "
+                   "'y' (the measurement itself) and/or 'reblur' (another random measurement of "
+                   "the same image), diffused like the positives")
+    p.add_argument("--hard-noise", choices=("own", "matched"), default="own",
+                   help="hard negatives diffused to their own random level (own) or with each "
+                   "positive's level and noise (matched: they differ from it by content alone)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: bfloat16 autocast of the encoders' forward passes")
+    p.add_argument("--val-every", type=non_negative_int, default=0,
+                   help="log the retrieval accuracy on --val-images validation images every this "
+                   "many steps (0: never)")
+    p.add_argument("--val-images", type=positive_int, default=500,
+                   help="validation images of --val-every")
+    p.add_argument("--val-stride", type=positive_int, default=8,
+                   help="patch stride of a crop encoder's validation retrieval")
+    p.add_argument("--keep-every", type=non_negative_int, default=0,
+                   help="also keep checkpoint_stepN.pt every this many steps (0: never)")
+    p.add_argument("--width", type=positive_int, default=32,
+                   help="first stage width of the ResNet")
+    p.add_argument("--blocks", type=positive_int_list, default=[1, 1, 1],
+                   help="residual blocks per stage, comma-separated (one number per stage)")
+    p.add_argument("--dim", type=positive_int, default=128, help="embedding dimension")
+    p.add_argument("--predictor", action="store_true",
+                   help="a query-only MLP after the projection (MoCo v3's predictor): without it "
+                   "the momentum key encoder scores a measurement's own key above any clean image")
     p.add_argument("--seed", type=int, default=0,
                    help="run seed: the initial weights and the draws of every step derive from it")
     p.add_argument("--ckpt-every", type=positive_int, default=100,
                    help="write the checkpoint every this many steps")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    p.add_argument("--max-steps-this-run", type=int, default=None,
+    p.add_argument("--max-steps-this-run", type=positive_int, default=None,
                    help="stop after this many steps (checkpoint written); resume later")
     p.add_argument("--export", metavar="FILE", default=None,
-                   help="after training, write the encoder file FILE.safetensors and FILE.json")
+                   help="a file stem (not a folder): after training, write the encoder file "
+                   "FILE.safetensors and its card FILE.json (a trailing .safetensors is allowed; "
+                   "FILE's folder is created)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -58,29 +98,41 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from diffinv.checks import check_output_file
+    from diffinv.cli import training_data_set
     from diffinv.data import load_split
     from diffinv.learn.measurements import parse_families
     from diffinv.learn.moco import LikelihoodConfig, export_likelihood, train_likelihood
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    training_data_set(args.prior, "--prior")
+    export = None
+    if args.export:
+        export = (args.export if args.export.endswith(".safetensors")
+                  else args.export + ".safetensors")
+        check_output_file(export)
+        check_output_file(export.removesuffix(".safetensors") + ".json")
     cfg = LikelihoodConfig(
         dataset=args.prior, out=args.out, families=parse_families(args.families),
         steps=args.steps, batch=args.batch, positives=args.positives, queue=args.queue,
         momentum=args.momentum, tau=args.tau, lr=args.lr, warmup=args.warmup,
         intensity_weight=args.intensity_weight, sigma_max=args.sigma_max,
-        key_abar_min=args.key_abar_min, seed=args.seed,
+        key_abar_min=args.key_abar_min, seed=args.seed, crop=args.crop,
+        hard_negatives=tuple(h.strip() for h in args.hard_negatives.split(",") if h.strip()),
+        hard_noise=args.hard_noise,
+        precision=args.precision, val_every=args.val_every, val_images=args.val_images,
+        val_stride=args.val_stride, keep_every=args.keep_every,
         ckpt_every=args.ckpt_every,
         encoder={"width": args.width, "blocks": list(args.blocks), "dim": args.dim,
-                 "intensity_head": args.intensity_weight > 0})
+                 "intensity_head": args.intensity_weight > 0,
+                 **({"predictor": True} if args.predictor else {})})
     ckpt = train_likelihood(cfg, device=args.device, progress=not args.no_progress,
                             max_steps_this_run=args.max_steps_this_run)
     print(f"checkpoint: {ckpt}")
     if args.export:
         valid = load_split(args.prior, "valid").images[:1000]
         command = "diffinv " + " ".join(shlex.quote(a) for a in args.argv)
-        path = export_likelihood(ckpt, args.export if args.export.endswith(".safetensors")
-                                 else args.export + ".safetensors", valid=valid,
-                                 command=command, prior=args.prior)
+        path = export_likelihood(ckpt, export, valid=valid, command=command, prior=args.prior)
         print(f"encoder: {path}")
     return 0

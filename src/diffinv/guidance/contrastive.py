@@ -16,6 +16,14 @@ image is the encoder's size. The second term is optional (``lambda = 0`` by defa
 head ``h`` predicts the ``pool x pool`` average of the clean image from ``y`` (the paper's colour
 head, one channel), and ``sqrt(abar) pool(u)`` is that average's expectation under ``x_t``.
 No operator and no operator estimate enter ``E``.
+
+``kind="spatial"`` replaces the 128-d projections by the encoders' last feature maps, flattened
+and L2-normalised, ``<F_q(y_p), F_k(u_p)> / tau`` (the official snapshot's guidance compared
+flattened layer-4 feature maps with the projection head removed, methods.md 6.3; here the query
+encoder reads ``y`` and the key encoder ``u``). An encoder trained on ``S x S`` crops
+(``diffinv train-likelihood --crop S``) tiles a larger image: ``P`` windows at ``stride``, e.g.
+9 windows of 16 px at stride 8 on a 32-px image; the stride is a setting of the energy
+(CL-DPS's ``stride``), not of the encoder.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffinv.errors import DiffinvError, ShapeError
-from diffinv.learn.encoder import ContrastiveEncoder, load_encoder
+from diffinv.guidance.encoder import ContrastiveEncoder, load_encoder
 
 
 def embedded_encoders() -> dict[str, Path]:
@@ -65,6 +73,10 @@ def load_likelihood(encoder: str | Path | None, prior: Any,
     return q, k, card
 
 
+#: what the critic compares: the projection heads' unit vectors, or the flattened feature maps
+ENERGY_KINDS = ("projection", "spatial")
+
+
 def patch_grid(size: int, patch: int, stride: int) -> int:
     """Number of patch positions along a side, refusing sizes the patches cannot tile exactly."""
     if size < patch or (size - patch) % stride:
@@ -91,7 +103,12 @@ class ContrastiveEnergy:
     name = "contrastive"
 
     def __init__(self, y: Tensor, query: ContrastiveEncoder, key: ContrastiveEncoder, tau: float,
-                 stride: int = 8, intensity_weight: float = 0.0):
+                 stride: int = 8, intensity_weight: float = 0.0, kind: str = "projection"):
+        if kind not in ENERGY_KINDS:
+            from diffinv.errors import UnknownNameError
+
+            raise UnknownNameError("contrastive energy", kind, ENERGY_KINDS)
+        self.kind = kind
         if tau <= 0:
             raise DiffinvError(f"tau must be > 0, got {tau}")
         if intensity_weight < 0:
@@ -109,17 +126,23 @@ class ContrastiveEnergy:
         yp = to_patches(y, self.S, self.stride)
         B, P = yp.shape[:2]
         with torch.no_grad():
-            fy, feats = query(yp.reshape(B * P, *yp.shape[2:]), return_features=True)
+            fy, feats = query(yp.reshape(B * P, *yp.shape[2:]), return_features=True, query=True)
+            if kind == "spatial":
+                fy = F.normalize(feats.flatten(1), dim=1)
             self.fy = fy.reshape(B, P, -1)
             self.target = (query.intensity(feats).reshape(B, P, *query.intensity(feats).shape[1:])
                            if self.lam > 0 else None)
         self.pool = query.config.pool
 
     def similarity(self, u: Tensor) -> Tensor:
-        """``(1/P) sum_p <f_q(y_p), f_k(u_p)>`` per image (B,)."""
+        """``(1/P) sum_p <f_q(y_p), f_k(u_p)>`` per image (B,) (feature maps for "spatial")."""
         up = to_patches(u, self.S, self.stride)
         B, P = up.shape[:2]
-        fu = self.key(up.reshape(B * P, *up.shape[2:])).reshape(B, P, -1)
+        flat = up.reshape(B * P, *up.shape[2:])
+        if self.kind == "spatial":
+            fu = F.normalize(self.key.features(flat).flatten(1), dim=1).reshape(B, P, -1)
+        else:
+            fu = self.key(flat).reshape(B, P, -1)
         return (fu * self.fy).sum(-1).mean(1)
 
     def __call__(self, u: Tensor, abar: float = 1.0) -> Tensor:

@@ -24,8 +24,11 @@ steps, ``s = 0.1``, intensity weight 30 (see :data:`DEFAULTS`). On validation th
 ``x_t`` was no better than ``x0_hat`` (10.3-11.8 dB against 10.0-12.3 without the intensity term)
 and the intensity term added 1.5-2 dB. Deviations from the paper, whose final code was not available
 (methods.md 6): our own compact ResNet encoder and MoCo set-up (:mod:`diffinv.learn.moco`), the
-energy uses the 128-d projection (the snapshot's guidance used flattened layer-4 features), and
-the step scale ``s`` is ours.
+energy uses the 128-d projection by default (``energy="spatial"``: the flattened last feature maps,
+as the snapshot's guidance used layer-4 features), and the step scale ``s`` is ours. An encoder
+trained on crops (``diffinv train-likelihood --crop 16``) is applied to the overlapping windows of
+the image at ``stride`` and its critic averaged over them (the paper's patch-wise inference);
+``stride`` must tile the image (16-px windows on 32 px: 1, 2, 4, 8 or 16).
 """
 
 from __future__ import annotations
@@ -65,13 +68,14 @@ class CLDPS(Interleaved):
     summary = ("CL-DPS: guidance by a contrastive (MoCo) likelihood encoder; blind or not, never "
                "reads the operator (DPM-Solver++(2M), DDIM or DDPM)")
     requires = ()
+    needs = ("y of the prior's image shape, blind or not: never reads the operator",)
 
     def __init__(self, scale: float | None = None, steps: int | None = None,
                  sampler: str | None = None, eta: float = 0.0, spacing: str | None = None,
                  encoder: str | Path | None = None, input: str = "x0",  # noqa: A002
                  tau: float | None = None, stride: int = 8,
                  intensity_weight: float = DEFAULT_INTENSITY_WEIGHT,
-                 progress: bool = False):
+                 energy: str = "projection", progress: bool = False):
         sampler = sampler or DEFAULT_SAMPLER
         if sampler not in DEFAULTS:
             raise UnknownNameError("sampler", sampler, list(DEFAULTS))
@@ -86,7 +90,11 @@ class CLDPS(Interleaved):
             raise DiffinvError(f"scale must be >= 0, got {scale}")
         self.input = input
         self.needs_grad = input == "x0"
-        self.encoder, self.tau, self.stride = encoder, tau, stride
+        from diffinv.guidance.contrastive import ENERGY_KINDS
+
+        if energy not in ENERGY_KINDS:
+            raise UnknownNameError("CL-DPS energy", energy, ENERGY_KINDS)
+        self.encoder, self.tau, self.stride, self.energy = encoder, tau, stride, energy
         self.intensity_weight = float(intensity_weight)
         self.progress = progress
 
@@ -107,7 +115,7 @@ class CLDPS(Interleaved):
         q, k, card = load_likelihood(self.encoder, ctx.prior, ctx.y.device)
         tau = self.tau if self.tau is not None else float(card.get("training", {}).get("tau", 0.07))
         ctx.data["energy"] = ContrastiveEnergy(ctx.y, q, k.to(ctx.y.dtype), tau, self.stride,
-                                               self.intensity_weight)
+                                               self.intensity_weight, self.energy)
         ctx.data["log_energy"] = []
 
     def guide(self, ctx: Context, step: Step) -> Tensor:
