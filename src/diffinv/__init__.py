@@ -1,6 +1,6 @@
 """diffinv: imaging inverse problems with diffusion-model priors.
 
-Images are float tensors (B, C, H, W) in [-1, 1]. See the README for the contracts.
+Images are float tensors (B, C, H, W) in [-1, 1]. See docs/guide.md (Contracts) for the contracts.
 """
 
 from diffinv.errors import DiffinvError
