@@ -312,3 +312,50 @@ def test_hard_negatives_share_the_positives_batch_statistics(tmp_path, monkeypat
                      progress=False)
     B, J, H = 4, 2, 2
     assert sorted(sizes) == sorted([(B, True), (B * J + B * J * H, False)])
+
+
+class _RecordingEncoder(nn.Module):
+    """A crop encoder that remembers its inputs; its embedding is a fixed random projection."""
+
+    def __init__(self, size: int = 16):
+        super().__init__()
+        self.config = SimpleNamespace(image_size=size, in_channels=1, pool=4)
+        self.proj = torch.randn(size * size, 8, generator=torch.Generator().manual_seed(3))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, u, query=False):
+        self.seen.append(u.clone())
+        return F.normalize(u.flatten(1) @ self.proj, dim=1)
+
+
+def test_validation_compares_the_keys_of_x_and_y_at_matched_noise_levels(tmp_path):
+    """x_beats_y uses clean keys; x_beats_y@a diffuses both keys to level a with the same noise,
+    so the key inputs of the truth and of the measurement differ by sqrt(a) (x - y) alone."""
+    from diffinv.learn.moco import retrieval_accuracy
+
+    x, fams = _data(6, seed=4), parse_families("gaussian,motion")
+    q, k = _RecordingEncoder(), _RecordingEncoder()
+    rec = retrieval_accuracy(q, k, x, fams, seed=1, stride=8, key_abars=(1.0, 0.5))
+    assert set(rec) >= {"x_beats_y", "x_beats_y@1", "x_beats_y@0.5"}
+    assert rec["x_beats_y@1"] == rec["x_beats_y"]
+    y, _ = random_measurements(x, fams, image_generators(1, range(6)), 0.05)
+    from diffinv.guidance.contrastive import to_patches
+
+    def patches(u):
+        return to_patches(u, 16, 8).reshape(-1, 1, 16, 16)
+
+    clean_x, clean_y, x1, y1, xa, ya = k.seen
+    assert torch.allclose(clean_x, patches(x)) and torch.allclose(clean_y, patches(y), atol=1e-6)
+    assert torch.allclose(xa - ya, 0.5 ** 0.5 * (clean_x - clean_y), atol=1e-5)
+    assert not torch.allclose(xa, 0.5 ** 0.5 * clean_x, atol=1e-2)  # noise was added
+    assert rec == retrieval_accuracy(q, k, x, fams, seed=1, stride=8, key_abars=(1.0, 0.5))
+    # training logs them
+    import json
+
+    train_likelihood(_cfg(tmp_path / "v", steps=2, val_every=2, val_images=6, val_abars=(0.5,)),
+                     data=_data(), valid=_data(6, seed=9), progress=False)
+    log = [json.loads(s) for s in (tmp_path / "v" / "train_log.jsonl").read_text().splitlines()]
+    val = [r for r in log if r.get("event") == "val"]
+    assert len(val) == 1 and 0 <= val[0]["x_beats_y@0.5"] <= 1
+    with pytest.raises(DiffinvError, match="val_abars"):
+        _cfg(tmp_path / "w", val_abars=(0.0,)).validate()

@@ -378,3 +378,14 @@ def test_dataset_spec_is_refused_with_what_to_give(cmd, option, sandbox, loads, 
     assert_refused(rc, err, 1, "train split", "fashion32")
     assert listing(sandbox) == before
     assert loads == []
+
+
+@pytest.mark.parametrize("value", ["abc", "0.9,x", "0", "1.5", "nan"])
+def test_val_abars_is_a_usage_error(value, tmp_path, capsys):
+    from diffinv.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train-likelihood", "--prior", "fashion32", "--out", str(tmp_path / "run"),
+              "--val-abars", value])
+    assert e.value.code == 2 and "noise levels in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -69,6 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="validation images of --val-every")
     p.add_argument("--val-stride", type=positive_int, default=8,
                    help="patch stride of a crop encoder's validation retrieval")
+    p.add_argument("--val-abars", type=abar_list, default=(),
+                   help="comma-separated key noise levels in (0, 1]: validation also logs "
+                   "x_beats_y@A, the truth's key against the measurement's own key with both "
+                   "diffused to abar A with the same noise (x_beats_y itself uses clean keys)")
     p.add_argument("--keep-every", type=non_negative_int, default=0,
                    help="also keep checkpoint_stepN.pt every this many steps (0: never)")
     p.add_argument("--width", type=positive_int, default=32,
@@ -123,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         hard_noise=args.hard_noise,
         precision=args.precision, val_every=args.val_every, val_images=args.val_images,
         val_stride=args.val_stride, keep_every=args.keep_every,
+        val_abars=tuple(args.val_abars),
         ckpt_every=args.ckpt_every,
         encoder={"width": args.width, "blocks": list(args.blocks), "dim": args.dim,
                  "intensity_head": args.intensity_weight > 0,
@@ -136,3 +141,17 @@ def run(args: argparse.Namespace) -> int:
         path = export_likelihood(ckpt, export, valid=valid, command=command, prior=args.prior)
         print(f"encoder: {path}")
     return 0
+
+
+def abar_list(text: str) -> tuple[float, ...]:
+    """argparse type of ``--val-abars``: comma-separated numbers in (0, 1], e.g. ``0.9,0.5``."""
+    import math
+
+    try:
+        values = tuple(float(a) for a in text.split(",") if a.strip())
+    except ValueError:
+        values = (math.nan,)
+    if not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated noise levels in (0, 1] such "
+                                         f"as 0.9,0.5, got {text!r}")
+    return values

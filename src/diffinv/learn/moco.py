@@ -49,7 +49,10 @@ Options beyond the snapshot (all off by default, so a run without them is the on
   batch statistics in training, which would otherwise tell the two sets apart);
 * **periodic validation** (``val_every``): the top-1 retrieval accuracy of
   :func:`retrieval_accuracy` on validation images (patch-averaged for a crop encoder), and how
-  often the truth's key beats the measurement's own key (``x_beats_y``), appended to the log;
+  often the truth's key beats the measurement's own key (``x_beats_y``, clean keys), appended to
+  the log; with ``val_abars`` also ``x_beats_y@a``, both keys diffused to level ``a`` with the same
+  noise (:func:`retrieval_accuracy`): the critic can rank the truth first at high key noise and
+  the measurement first on clean keys, which ``x_beats_y`` alone does not show;
 * **bf16** (``precision = "bf16"``): the encoders' forward passes under CPU/CUDA bfloat16 autocast.
 
 Defaults are the snapshot's (tau 0.07, K 4096, m 0.999, dim 128, SGD lr 0.03, momentum 0.9,
@@ -124,6 +127,7 @@ class LikelihoodConfig:
     val_every: int = 0  # validation retrieval every this many steps (0: never)
     val_images: int = 500
     val_stride: int = 8  # patch stride of a crop encoder's validation retrieval
+    val_abars: tuple[float, ...] = ()  # also x_beats_y with both keys diffused to these levels
     keep_every: int = 0  # also keep checkpoint_step{N}.pt every this many steps (0: never)
     seed: int = 0
     ckpt_every: int = 100
@@ -153,6 +157,8 @@ class LikelihoodConfig:
             raise DiffinvError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.val_every < 0 or self.val_images < 2 or self.val_stride < 1:
             raise DiffinvError("need val_every >= 0, val_images >= 2 and val_stride >= 1")
+        if not all(0 < a <= 1 for a in self.val_abars):
+            raise DiffinvError(f"val_abars must lie in (0, 1], got {list(self.val_abars)}")
 
     def encoder_config(self, channels: int, size: int) -> EncoderConfig:
         """The encoder for images of ``size``: its input is the crop when training on crops."""
@@ -363,7 +369,8 @@ def train_likelihood(cfg: LikelihoodConfig, *, data: Tensor | None = None, devic
         key.eval()
         try:
             rec = retrieval_accuracy(query, key, valid[:cfg.val_images].to(dev), fams,
-                                     seed=cfg.seed, sigma_max=cfg.sigma_max, stride=cfg.val_stride)
+                                     seed=cfg.seed, sigma_max=cfg.sigma_max, stride=cfg.val_stride,
+                                     key_abars=cfg.val_abars)
         finally:
             query.train()
             key.train()
@@ -498,7 +505,7 @@ def load_trained(ckpt: str | Path) -> tuple[ContrastiveEncoder, ContrastiveEncod
 def config_from_json(text: str) -> LikelihoodConfig:
     """The run's configuration from its JSON (lists back to tuples)."""
     raw = json.loads(text)
-    for k in ("families", "hard_negatives"):
+    for k in ("families", "hard_negatives", "val_abars"):
         if k in raw:
             raw[k] = tuple(raw[k])
     return LikelihoodConfig(**raw)
@@ -525,7 +532,8 @@ def patch_embeddings(enc: ContrastiveEncoder, u: Tensor, stride: int, batch: int
 @torch.no_grad()
 def retrieval_accuracy(query: ContrastiveEncoder, key: ContrastiveEncoder, images: Tensor,
                        families: tuple[str, ...], seed: int = 0, sigma_max: float = 0.05,
-                       batch: int = 250, stride: int = 8) -> dict[str, float]:
+                       batch: int = 250, stride: int = 8,
+                       key_abars: tuple[float, ...] = ()) -> dict[str, float]:
     """Top-1 retrieval: for each image ``i`` of ``images`` (N), measure it with a random family
     (:func:`random_measurements`, image ``i``'s generator from ``seed``) and ask whether
     ``argmax_j s(y_i, x_j)`` over the N clean images is ``i``, with ``s`` the critic
@@ -533,7 +541,14 @@ def retrieval_accuracy(query: ContrastiveEncoder, key: ContrastiveEncoder, image
     trained on crops: :func:`patch_embeddings`). Returns the overall accuracy and one per family
     (``"acc"``, ``"acc_motion"``, ...), the chance level 1/N, and ``"x_beats_y"``: the fraction of
     images whose truth scores above the measurement itself, ``s(y_i, x_i) > s(y_i, y_i)`` (below
-    one half, guidance by ``s`` pulls towards "looks like y")."""
+    one half, guidance by ``s`` pulls towards "looks like y").
+
+    ``x_beats_y`` compares clean keys (``abar = 1``, what guidance on the Tweedie estimate sees),
+    while training diffuses keys to ``a ~ U(key_abar_min, 1)``. For each level ``a`` of
+    ``key_abars`` the record also holds ``"x_beats_y@a"``: the same comparison with both keys
+    diffused to ``a`` with the *same* noise, ``sqrt(a) x_i + sqrt(1 - a) e_i`` against
+    ``sqrt(a) y_i + sqrt(1 - a) e_i`` (``e_i`` from image ``i``'s generator of a stream derived from
+    ``seed``), so the two differ by content alone, as the matched hard negatives of training."""
     N = images.shape[0]
     gens = image_generators(seed, range(N))
     ys, fams = [], []
@@ -550,6 +565,14 @@ def retrieval_accuracy(query: ContrastiveEncoder, key: ContrastiveEncoder, image
     hit = (scores.argmax(1) == torch.arange(N, device=scores.device)).float().cpu()
     beats = (scores.diagonal() > (fq * fy).sum(1)).float()
     out = {"acc": float(hit.mean()), "chance": 1.0 / N, "n": N, "x_beats_y": float(beats.mean())}
+    if key_abars:
+        egens = image_generators(image_seed(seed, -3), range(N))
+        e = torch.stack([torch.randn(images.shape[1:], generator=g_) for g_ in egens])
+        e = e.to(images.device, images.dtype)
+        for a in key_abars:
+            ka = patch_embeddings(key, a ** 0.5 * images + (1 - a) ** 0.5 * e, stride, batch)
+            ya = patch_embeddings(key, a ** 0.5 * y + (1 - a) ** 0.5 * e, stride, batch)
+            out[f"x_beats_y@{a:g}"] = float(((fq * ka).sum(1) > (fq * ya).sum(1)).float().mean())
     for fam in families:
         sel = torch.tensor([f == fam for f in fams])
         if sel.any():
