@@ -72,7 +72,52 @@ def time_grid(steps: int, shift: float = 1.0) -> list[float]:
     return out
 
 
-class FlowPrior(NetworkPrior):
+class NoPixelDiffusion:
+    """The pixel-space diffusion methods solvers call (``schedule``, ``eps``, ``x0``, DDIM/DDPM
+    steps...), each refused with the class's ``_missing(what)`` error: for priors that are not a
+    :class:`~diffinv.diffusion.prior.DiffusionPrior` (flow, latent), so a diffusion-only solver
+    names what it lacks. ``_NOT_HERE`` overrides the description of a method."""
+
+    _NOT_HERE: dict[str, str] = {}
+    _WHAT = {"schedule": "noise schedule", "num_timesteps": "timesteps",
+             "eps": "noise prediction eps", "net_out": "noise prediction eps",
+             "x0": "Tweedie estimate", "ddim_update": "DDIM step", "ddpm_step": "ancestral step",
+             "respaced": "respaced schedule"}
+
+    def _missing(self, what: str) -> DiffinvError:
+        raise NotImplementedError
+
+    def _refuse(self, method: str) -> DiffinvError:
+        return self._missing(self._NOT_HERE.get(method, self._WHAT[method]))
+
+    @property
+    def schedule(self) -> Any:
+        raise self._refuse("schedule")
+
+    @property
+    def num_timesteps(self) -> int:
+        raise self._refuse("num_timesteps")
+
+    def eps(self, *args: Any, **kw: Any) -> Tensor:
+        raise self._refuse("eps")
+
+    def net_out(self, *args: Any, **kw: Any) -> Any:
+        raise self._refuse("net_out")
+
+    def x0(self, *args: Any, **kw: Any) -> Tensor:
+        raise self._refuse("x0")
+
+    def ddim_update(self, *args: Any, **kw: Any) -> Tensor:
+        raise self._refuse("ddim_update")
+
+    def ddpm_step(self, *args: Any, **kw: Any) -> Any:
+        raise self._refuse("ddpm_step")
+
+    def respaced(self, *args: Any, **kw: Any) -> Any:
+        raise self._refuse("respaced")
+
+
+class FlowPrior(NoPixelDiffusion, NetworkPrior):
     """A velocity network ``v(x_t, t)`` with its source (module docstring)."""
 
     kind = "flow"
@@ -239,36 +284,13 @@ class FlowPrior(NetworkPrior):
             x = self.integrate(x, time_grid(steps, self.shift), method, callback)
         return x.clamp(-1, 1)
 
-    # -- what a flow prior does not have ---------------------------------------------------------
+    # -- what a flow prior does not have (the refusals: NoPixelDiffusion) -------------------------
+    _NOT_HERE = {"num_timesteps": "integer timesteps",
+                 "x0": "Tweedie estimate at an integer timestep (use denoise(x_t, t) with a flow "
+                       "time t in [0, 1])"}
+
     def _missing(self, what: str) -> MissingCapabilityError:
         return MissingCapabilityError(
             f"prior {self.name!r} is a flow-matching prior: it has no {what} (a VP diffusion "
             f"prior's); this solver needs a diffusion prior. Solvers that run on flow priors: "
             f"{FLOW_SOLVERS}")
-
-    @property
-    def schedule(self) -> Any:
-        raise self._missing("noise schedule")
-
-    @property
-    def num_timesteps(self) -> int:
-        raise self._missing("integer timesteps")
-
-    def eps(self, *args: Any, **kw: Any) -> Tensor:
-        raise self._missing("noise prediction eps")
-
-    def net_out(self, *args: Any, **kw: Any) -> Any:
-        raise self._missing("noise prediction eps")
-
-    def x0(self, *args: Any, **kw: Any) -> Tensor:
-        raise self._missing("Tweedie estimate at an integer timestep (use denoise(x_t, t) with "
-                            "a flow time t in [0, 1])")
-
-    def ddim_update(self, *args: Any, **kw: Any) -> Tensor:
-        raise self._missing("DDIM step")
-
-    def ddpm_step(self, *args: Any, **kw: Any) -> Any:
-        raise self._missing("ancestral step")
-
-    def respaced(self, *args: Any, **kw: Any) -> Any:
-        raise self._missing("respaced schedule")

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from diffinv.checks import check_count, check_image
 from diffinv.diffusion.prior import DiffusionPrior
 from diffinv.errors import ShapeError
-from diffinv.flow.prior import MissingCapabilityError
+from diffinv.flow.prior import MissingCapabilityError, NoPixelDiffusion
 
 LATENT = "latent"
 LATENT_SOLVERS = "resample, psld, latent-dps, latentdem"
@@ -48,7 +48,7 @@ class Autoencoder(Protocol):
     def decode(self, z: Tensor) -> Tensor: ...  # unscaled latents -> images
 
 
-class LatentPrior(nn.Module):
+class LatentPrior(NoPixelDiffusion, nn.Module):
     """An autoencoder + a :class:`DiffusionPrior` on its (scaled) latents (module docstring)."""
 
     kind = "latent"
@@ -148,32 +148,6 @@ class LatentPrior(nn.Module):
             f"diffusion runs on {'x'.join(map(str, self.latent_shape))} latents); this solver "
             f"needs a pixel-space diffusion prior. Solvers that run on latent priors: "
             f"{LATENT_SOLVERS}")
-
-    @property
-    def schedule(self) -> Any:
-        raise self._missing("noise schedule")
-
-    @property
-    def num_timesteps(self) -> int:
-        raise self._missing("timesteps")
-
-    def eps(self, *args: Any, **kw: Any) -> Tensor:
-        raise self._missing("noise prediction eps")
-
-    def net_out(self, *args: Any, **kw: Any) -> Any:
-        raise self._missing("noise prediction eps")
-
-    def x0(self, *args: Any, **kw: Any) -> Tensor:
-        raise self._missing("Tweedie estimate")
-
-    def ddim_update(self, *args: Any, **kw: Any) -> Tensor:
-        raise self._missing("DDIM step")
-
-    def ddpm_step(self, *args: Any, **kw: Any) -> Any:
-        raise self._missing("ancestral step")
-
-    def respaced(self, *args: Any, **kw: Any) -> Any:
-        raise self._missing("respaced schedule")
 
     def denoise(self, *args: Any, **kw: Any) -> Any:
         raise self._missing("denoised estimate")
