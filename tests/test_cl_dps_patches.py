@@ -359,3 +359,81 @@ def test_validation_compares_the_keys_of_x_and_y_at_matched_noise_levels(tmp_pat
     assert len(val) == 1 and 0 <= val[0]["x_beats_y@0.5"] <= 1
     with pytest.raises(DiffinvError, match="val_abars"):
         _cfg(tmp_path / "w", val_abars=(0.0,)).validate()
+
+
+def test_in_batch_negatives_are_the_other_queries_positives_and_never_ones_own():
+    B, J, K, d, tau = 3, 2, 4, 8, 0.3
+    q, k, Q = _unit(B, d, seed=5), _unit(B, J, d, seed=6), _unit(K, d, seed=7)
+    h = _unit(B, 1, d, seed=8)
+    loss, logits = info_nce(q, k, Q, tau, hard=h, in_batch=True)
+    assert logits.shape == (B, J, 1 + 1 + B * J + K)
+    want = 0.0
+    for i in range(B):
+        others = torch.stack([k[m, n] for m in range(B) for n in range(J) if m != i])
+        for j in range(J):
+            pos = torch.exp(q[i] @ k[i, j] / tau)
+            den = (pos + torch.exp(h[i] @ q[i] / tau).sum() + torch.exp(others @ q[i] / tau).sum()
+                   + torch.exp(Q @ q[i] / tau).sum())
+            want += -torch.log(pos / den)
+    assert loss.item() == pytest.approx(want.item() / (B * J), rel=1e-10)
+    # query i's own positives are masked out of its in-batch block
+    own = logits[:, :, 2:2 + B * J].reshape(B, J, B, J)
+    for i in range(B):
+        assert torch.isinf(own[i, :, i]).all() and torch.isfinite(own[i, :, [m for m in range(B)
+                                                                               if m != i]]).all()
+
+
+def test_a_trained_key_tower_learns_resumes_and_its_momentum_copy_fills_the_queue(tmp_path):
+    """``key_tower="trained"``: the key encoder gets gradients of its own (its weights move while
+    the query's do too), the exported key is the momentum copy of that tower (not of the query),
+    the queue holds that copy's keys, and an interrupted run resumes bit for bit."""
+    from diffinv.learn.checkpoint import load_checkpoint
+
+    data = _data()
+    kw = {"key_tower": "trained", "momentum": 0.5}
+    train_likelihood(_cfg(tmp_path / "a", steps=1, **kw), data=data, progress=False)
+    s1 = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert "key_online" in s1
+    train_likelihood(_cfg(tmp_path / "a", **kw), data=data, progress=False, max_steps_this_run=1)
+    s2 = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    moved = [not torch.equal(v, s2["key_online"][n]) for n, v in s1["key_online"].items()
+             if "running" not in n and "num_batches" not in n]
+    assert any(moved)  # the key tower's weights are trained (not only its BN statistics)
+    for name, k2 in s2["key"].items():  # h_m <- m h_m + (1 - m) h after step 2
+        if k2.is_floating_point() and "running" not in name:
+            want = 0.5 * s1["key"][name] + 0.5 * s2["key_online"][name]
+            assert torch.allclose(k2, want, atol=1e-6), name
+    assert not all(torch.allclose(a, b) for a, b in zip(s2["key"].values(), s2["query"].values(),
+                                                        strict=True))
+    train_likelihood(_cfg(tmp_path / "a", **kw), data=data, progress=False)
+    train_likelihood(_cfg(tmp_path / "b", **kw), data=data, progress=False)
+    sa = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    sb = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    for part in ("query", "key", "key_online"):
+        for a, b in zip(sa[part].values(), sb[part].values(), strict=True):
+            assert torch.equal(a, b), part
+    assert torch.equal(sa["queue"], sb["queue"])
+    with pytest.raises(DiffinvError, match="another key_tower"):
+        train_likelihood(_cfg(tmp_path / "a", steps=6), data=data, progress=False)
+    with pytest.raises(DiffinvError, match="key_tower must be one of"):
+        train_likelihood(_cfg(tmp_path / "c", key_tower="shared"), data=data, progress=False)
+
+
+def test_a_trained_key_tower_guides_cl_dps_and_refuses_the_spatial_energy(tmp_path, toy_prior):
+    train_likelihood(_cfg(tmp_path / "run", key_tower="trained"), data=_data(), progress=False)
+    path = export_likelihood(tmp_path / "run" / "checkpoint.pt", tmp_path / "enc.safetensors",
+                             command="test", prior="toy")
+    _, _, card = load_encoder(path)
+    assert card["training"]["key_tower"] == "trained"
+    from diffinv.physics import make_operator, measure
+    from diffinv.solvers import make_solver
+
+    shape = tuple(toy_prior.image_shape)
+    x = _data(2, seed=1)[..., :shape[-2], :shape[-1]]
+    m = measure(x, make_operator("blind-gaussian-blur"), "gaussian:0.02", seed=0)
+    res = make_solver("cl-dps", encoder=str(path), steps=4, stride=8)(m.y, m.public(), toy_prior,
+                                                                      seed=0)
+    assert res.x.shape == x.shape and torch.isfinite(res.x).all()
+    with pytest.raises(DiffinvError, match="feature maps"):
+        make_solver("cl-dps", encoder=str(path), steps=2, energy="spatial")(m.y, m.public(),
+                                                                            toy_prior)

@@ -60,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hard-noise", choices=("own", "matched"), default="own",
                    help="hard negatives diffused to their own random level (own) or with each "
                    "positive's level and noise (matched: they differ from it by content alone)")
+    p.add_argument("--key-tower", choices=("momentum", "trained"), default="momentum",
+                   help="momentum: the key encoder is MoCo's momentum copy of the query encoder "
+                   "(the paper); trained: a key encoder of its own, trained with in-batch "
+                   "negatives, its momentum copy filling the queue (our extension)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: bfloat16 autocast of the encoders' forward passes")
     p.add_argument("--val-every", type=non_negative_int, default=0,
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         intensity_weight=args.intensity_weight, sigma_max=args.sigma_max,
         key_abar_min=args.key_abar_min, seed=args.seed, crop=args.crop,
         hard_negatives=tuple(h.strip() for h in args.hard_negatives.split(",") if h.strip()),
-        hard_noise=args.hard_noise,
+        hard_noise=args.hard_noise, key_tower=args.key_tower,
         precision=args.precision, val_every=args.val_every, val_images=args.val_images,
         val_stride=args.val_stride, keep_every=args.keep_every,
         val_abars=tuple(args.val_abars),

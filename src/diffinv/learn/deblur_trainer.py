@@ -54,6 +54,7 @@ from diffinv.learn.trainer import (
 from diffinv.seeding import image_seed
 
 CHECKPOINT = "checkpoint.pt"
+#: the default training families (those of the shipped deblurring UNet); any blind- operator works
 BLIND_FAMILIES = ("blind-motion-blur", "blind-gaussian-blur", "blind-rotation-blur",
                   "blind-zoom-blur")
 
@@ -102,7 +103,9 @@ class DeblurTrainConfig:
 
         bad = [f for f in self.families if f not in OPERATORS or not f.startswith("blind-")]
         if bad:
-            raise DiffinvError(f"not blind families: {bad}; known: {list(BLIND_FAMILIES)}")
+            known = sorted(f for f in OPERATORS if f.startswith("blind-"))
+            raise DiffinvError(f"not blind families: {bad}; known: {known} (default: "
+                               f"{list(BLIND_FAMILIES)})")
 
 
 def make_pairs(x: Tensor, ops: list[nn.Module], seed: int, step: int, sigma_max: float

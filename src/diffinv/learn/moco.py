@@ -47,6 +47,19 @@ Options beyond the snapshot (all off by default, so a run without them is the on
   ``f_q`` and no predictor, ``q_i . f_k(y_i) ~ 1``, the largest possible logit) and putting the
   hard keys through the key encoder in the same call as the positives (its head's BatchNorm uses
   batch statistics in training, which would otherwise tell the two sets apart);
+* **a trained key tower** (``key_tower = "trained"``; *our extension*): MoCo's key encoder is a
+  momentum copy of the query encoder, so one network embeds both the measurement (query side)
+  and the candidate image (key side). Then ``f_k(y) ~ f_q(y)`` and the measurement's own key
+  scores near the largest possible logit for its query: the "y scores above the truth" fixed point,
+  which hard negatives fight against the main loss (the loss wants ``f(y) ~ f(x)`` on one side and
+  ``f(y)`` far from ``f(x)`` on the other, from one set of weights). With a trained key tower the
+  two sides are two networks, as in two-tower contrastive models of two modalities (CLIP, Radford
+  et al. 2021; ALBEF's momentum queues, Li et al. 2021): ``g`` reads measurements, ``h`` reads
+  (diffused) clean images and is trained by the same loss through the positives, the hard
+  negatives and the other queries' positives in the batch (in-batch negatives, SimCLR); the queue
+  holds keys of ``h``'s momentum copy ``h_m <- m h_m + (1 - m) h`` (MoCo's consistent dictionary),
+  and ``h_m`` is the key encoder that is exported and guides the sampler. Costs one backward pass
+  through ``h`` on ``B J (1 + H)`` windows per step;
 * **periodic validation** (``val_every``): the top-1 retrieval accuracy of
   :func:`retrieval_accuracy` on validation images (patch-averaged for a crop encoder), and how
   often the truth's key beats the measurement's own key (``x_beats_y``, clean keys), appended to
@@ -100,6 +113,8 @@ from diffinv.seeding import image_generators, image_seed
 CHECKPOINT = "checkpoint.pt"
 #: kinds of per-query hard negative keys (our extension; module docstring)
 HARD_NEGATIVES = ("y", "reblur")
+#: how the key encoder is made: MoCo's momentum copy of the query encoder, or trained (ours)
+KEY_TOWERS = ("momentum", "trained")
 
 
 @dataclass
@@ -123,6 +138,7 @@ class LikelihoodConfig:
     crop: int = 0  # train on S x S windows (0: the whole image)
     hard_negatives: tuple[str, ...] = ()  # our extension: "y" and/or "reblur" (module doc)
     hard_noise: str = "own"  # hard keys diffused at their own level, or "matched" to each positive
+    key_tower: str = "momentum"  # or "trained": a key encoder of its own (our extension; module doc)
     precision: str = "fp32"  # or "bf16" (autocast of the encoders' forward passes)
     val_every: int = 0  # validation retrieval every this many steps (0: never)
     val_images: int = 500
@@ -151,6 +167,8 @@ class LikelihoodConfig:
         if bad or len(set(self.hard_negatives)) != len(self.hard_negatives):
             raise DiffinvError(f"hard_negatives must be distinct names among {HARD_NEGATIVES}, got "
                                f"{list(self.hard_negatives)}")
+        if self.key_tower not in KEY_TOWERS:
+            raise DiffinvError(f"key_tower must be one of {KEY_TOWERS}, got {self.key_tower!r}")
         if self.hard_noise not in ("own", "matched"):
             raise DiffinvError(f"hard_noise must be own or matched, got {self.hard_noise!r}")
         if self.precision not in ("fp32", "bf16"):
@@ -185,14 +203,19 @@ def learning_rate(cfg: LikelihoodConfig, step: int) -> float:
 
 
 def info_nce(q: Tensor, k_pos: Tensor, queue: Tensor, tau: float,
-             hard: Tensor | None = None) -> tuple[Tensor, Tensor]:
+             hard: Tensor | None = None, in_batch: bool = False) -> tuple[Tensor, Tensor]:
     """``(loss, logits)`` of InfoNCE with ``J`` positives per query.
 
     ``q`` (B, d), ``k_pos`` (B, J, d), ``queue`` (K, d), all unit vectors; ``hard`` (B, H, d),
     optional: query ``i``'s own hard negative keys (our extension, module docstring), or
     (B, J, H, d): one set per positive (row). ``logits`` is (B, J, 1 + H + K): row ``(i, j)`` is
     ``[q_i . k_ij, q_i . h_i(j)1, ..., q_i . h_i(j)H, q_i . Q_1, ..., q_i . Q_K] / tau``; the loss
-    is the cross-entropy with target 0 averaged over the ``B J`` rows."""
+    is the cross-entropy with target 0 averaged over the ``B J`` rows.
+
+    With ``in_batch`` the ``B J`` positive keys of the *other* queries are negatives too (columns
+    after the hard ones, ``-inf`` where the key belongs to query ``i`` itself, so query ``i``'s
+    other positives never count against it): with a trained key encoder these are the negatives
+    that carry its gradient (SimCLR's in-batch negatives, Chen et al. 2020)."""
     pos = torch.einsum("bd,bjd->bj", q, k_pos)                     # (B, J)
     neg = q @ queue.T                                               # (B, K), query i's own
     B, J = pos.shape
@@ -201,6 +224,12 @@ def info_nce(q: Tensor, k_pos: Tensor, queue: Tensor, tau: float,
         parts.append(torch.einsum("bd,bhd->bh", q, hard)[:, None].expand(B, J, hard.shape[1]))
     elif hard is not None:
         parts.append(torch.einsum("bd,bjhd->bjh", q, hard))
+    if in_batch:
+        inb = q @ k_pos.reshape(B * J, -1).T                            # (B, B J)
+        owner = torch.arange(B, device=q.device).repeat_interleave(J)
+        inb = inb.masked_fill(owner[None, :] == torch.arange(B, device=q.device)[:, None],
+                              float("-inf"))
+        parts.append(inb[:, None, :].expand(B, J, B * J))
     parts.append(neg[:, None, :].expand(B, J, neg.shape[1]))
     logits = torch.cat(parts, -1) / tau
     target = torch.zeros(B * J, dtype=torch.long, device=q.device)
@@ -325,10 +354,21 @@ def train_likelihood(cfg: LikelihoodConfig, *, data: Tensor | None = None, devic
     ckpt_path = out / CHECKPOINT
     torch.manual_seed(cfg.seed)
     query = ContrastiveEncoder(cfg.encoder_config(C, H)).to(dev)
+    trained_keys = cfg.key_tower == "trained"
+    if trained_keys and ddp.active:
+        raise DiffinvError("--key-tower trained does not run under torchrun yet; use one process "
+                           "with --threads N")
+    # the trained key tower (our extension) starts from its own draw, not a copy of the query's
+    key_online = None
+    if trained_keys:
+        torch.manual_seed(image_seed(cfg.seed, -4))
+        key_online = ContrastiveEncoder(cfg.encoder_config(C, H)).to(dev)
     key = ContrastiveEncoder(cfg.encoder_config(C, H)).to(dev)
-    key.load_state_dict(query.state_dict())
+    key_source = key_online if key_online is not None else query  # what the momentum copy tracks
+    key.load_state_dict(key_source.state_dict())
     key.requires_grad_(False)
-    opt = torch.optim.SGD(query.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
+    params = [*query.parameters(), *(key_online.parameters() if key_online is not None else ())]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum,
                           weight_decay=cfg.weight_decay)
     gq = torch.Generator().manual_seed(image_seed(cfg.seed, -1))
     queue = F.normalize(torch.randn(cfg.queue, query.config.dim, generator=gq), dim=1).to(dev)
@@ -337,12 +377,14 @@ def train_likelihood(cfg: LikelihoodConfig, *, data: Tensor | None = None, devic
         state, resume = resume, None
         saved = json.loads(state["config"])
         for k in ("encoder", "dataset", "queue", "positives", "batch", "crop", "hard_negatives",
-                  "hard_noise"):
+                  "hard_noise", "key_tower"):
             if saved.get(k, _DEFAULTS[k]) != json.loads(json.dumps(asdict(cfg)))[k]:
                 raise DiffinvError(f"{ckpt_path} was trained with another {k} ({saved[k]!r}); "
                                    "use another --out folder")
         query.load_state_dict(state["query"])
         key.load_state_dict(state["key"])
+        if key_online is not None:
+            key_online.load_state_dict(state["key_online"])
         opt.load_state_dict(state["opt"])
         queue, ptr, step = state["queue"].to(dev), int(state["ptr"]), int(state["step"])
         seconds, saved_step = float(state.get("seconds", 0.0)), step
@@ -388,13 +430,14 @@ def train_likelihood(cfg: LikelihoodConfig, *, data: Tensor | None = None, devic
 
     def checkpoint() -> None:
         nonlocal saved_step
-        if not finite_state(query, key, queue):
+        if not finite_state(query, key, queue, key_source):
             raise diverged(step, ckpt_path, saved_step)
         if ddp.main:
             state = {"query": query.state_dict(), "key": key.state_dict(),
                      "opt": opt.state_dict(), "queue": queue.cpu(), "ptr": ptr, "step": step,
                      "seconds": seconds, "config": json.dumps(asdict(cfg)),
-                     "image_shape": torch.tensor([C, H, H])}
+                     "image_shape": torch.tensor([C, H, H]),
+                     **({"key_online": key_source.state_dict()} if trained_keys else {})}
             save_atomic(state, ckpt_path)
             if cfg.keep_every and step % cfg.keep_every == 0:  # for curves over the steps
                 save_atomic(state, out / f"checkpoint_step{step}.pt")
@@ -421,18 +464,23 @@ def train_likelihood(cfg: LikelihoodConfig, *, data: Tensor | None = None, devic
                                           a[sl], noise)
                 hk = hk.reshape(-1, *win).to(dev)
             x, y, xk = x.to(dev), y.to(dev), xk.to(dev)
-            with torch.no_grad(), autocast():
-                # positives and hard negatives in one call: the key encoder's head normalises
-                # with batch statistics in training, which must not differ between the two
-                kk = key(xk if hk is None else torch.cat([xk, hk])).float()
-                k = kk[:xk.shape[0]].reshape(local, cfg.positives, -1)
-                hshape = ((local, cfg.positives, len(cfg.hard_negatives), -1)
-                          if cfg.hard_noise == "matched" else (local, len(cfg.hard_negatives), -1))
-                hard = None if hk is None else kk[xk.shape[0]:].reshape(hshape)
+            # positives and hard negatives in one call: the key encoder's head normalises with
+            # batch statistics in training, which must not differ between the two
+            kin = xk if hk is None else torch.cat([xk, hk])
+            with torch.set_grad_enabled(trained_keys), autocast():
+                kk = (key_source if trained_keys else key)(kin).float()
+            k = kk[:xk.shape[0]].reshape(local, cfg.positives, -1)
+            hshape = ((local, cfg.positives, len(cfg.hard_negatives), -1)
+                      if cfg.hard_noise == "matched" else (local, len(cfg.hard_negatives), -1))
+            hard = None if hk is None else kk[xk.shape[0]:].reshape(hshape)
+            k_queue = k
+            if trained_keys:  # the queue holds the momentum tower's keys (MoCo's consistency)
+                with torch.no_grad(), autocast():
+                    k_queue = key(xk).float().reshape(local, cfg.positives, -1)
             with autocast():
                 q, feats = net(y, return_features=True, query=True)
             q = q.float()
-            nce, logits = info_nce(q, k, queue, cfg.tau, hard)
+            nce, logits = info_nce(q, k, queue, cfg.tau, hard, in_batch=trained_keys)
             loss = nce
             inten = torch.zeros(())
             if query.intensity_net is not None and cfg.intensity_weight > 0:
@@ -447,8 +495,8 @@ def train_likelihood(cfg: LikelihoodConfig, *, data: Tensor | None = None, devic
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            momentum_update(key, query, cfg.momentum)
-            new = _gather(k.reshape(-1, k.shape[-1]), ddp)
+            momentum_update(key, key_source, cfg.momentum)
+            new = _gather(k_queue.reshape(-1, k.shape[-1]).detach(), ddp)
             n = min(new.shape[0], cfg.queue)
             pos = (torch.arange(n, device=dev) + ptr) % cfg.queue
             queue[pos] = new[:n]
@@ -593,7 +641,7 @@ def export_likelihood(ckpt: str | Path, path: str | Path, *, valid: Tensor | Non
             "command": command, "training": {k: cfg[k] for k in (
                 "batch", "positives", "queue", "momentum", "tau", "lr", "weight_decay",
                 "warmup", "intensity_weight", "sigma_max", "key_abar_min", "crop",
-                "hard_negatives", "hard_noise", "precision", "seed")}}
+                "hard_negatives", "hard_noise", "key_tower", "precision", "seed")}}
     if valid is not None:
         card["retrieval_valid"] = retrieval_accuracy(query, key, valid, tuple(cfg["families"]))
     return save_encoder(query, key, path, card)

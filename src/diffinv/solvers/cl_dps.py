@@ -114,6 +114,11 @@ class CLDPS(Interleaved):
     def prepare(self, ctx: Context) -> None:
         q, k, card = load_likelihood(self.encoder, ctx.prior, ctx.y.device)
         tau = self.tau if self.tau is not None else float(card.get("training", {}).get("tau", 0.07))
+        if self.energy == "spatial" and card.get("training", {}).get("key_tower") == "trained":
+            raise DiffinvError("energy='spatial' compares the query and key encoders' feature maps, "
+                               "which only share a space when the key encoder is the query's "
+                               "momentum copy; this encoder's key tower was trained on its own "
+                               "(--key-tower trained): use energy='projection'")
         ctx.data["energy"] = ContrastiveEnergy(ctx.y, q, k.to(ctx.y.dtype), tau, self.stride,
                                                self.intensity_weight, self.energy)
         ctx.data["log_energy"] = []

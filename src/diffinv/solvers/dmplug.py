@@ -39,7 +39,8 @@ of its trace is one objective evaluation.
 **Blind problems** (``blind=True``, for the blind families of :mod:`diffinv.physics`): unknown
 operator parameters are optimised jointly with ``z`` by the same Adam, in their own parameter group:
 
-* blind Gaussian and motion blur: a free kernel ``k_i = softmax(w_i)`` reshaped to
+* blind Gaussian and motion blur, and the wide kernel families of
+  :mod:`diffinv.physics.kernel_families`: a free kernel ``k_i = softmax(w_i)`` reshaped to
   ``size x size`` (the operator's kernel size unless ``kernel_size`` is given), logits
   ``w_i ~ N(0, I)`` from image ``i``'s generator, ``kernel_lr = 0.1`` (official ``bid.py``; no
   kernel regulariser), applied with the operator's boundary rule. (The official code uses a
@@ -98,7 +99,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from diffinv.diffusion.schedule import spaced_timesteps
 from diffinv.errors import DiffinvError, NonFiniteError, ShapeError, UnknownNameError
 from diffinv.seeding import randn
-from diffinv.solvers._blind import BLIND_OPTION_NEEDS
+from diffinv.solvers._blind import BLIND_FAMILIES, BLIND_OPTION_NEEDS
 from diffinv.solvers._unknowns import OperatorUnknowns, blind_unknowns
 from diffinv.solvers.base import Result, Solver, register_solver
 from diffinv.solvers.early_stopping import (
@@ -430,8 +431,7 @@ class DMPlug(Solver):
             raise DiffinvError(
                 f"operator {type(op).__name__} is {'blind' if op_blind else 'not blind'}: "
                 + ("use blind DMPlug (blind=True, --blind) to estimate its parameters" if op_blind
-                   else "blind DMPlug needs a blind family (blind-gaussian-blur, "
-                        "blind-motion-blur, blind-rotation-blur, blind-zoom-blur)"))
+                   else f"blind DMPlug needs a blind family ({', '.join(BLIND_FAMILIES)})"))
         B = y.shape[0]
         image_shape = tuple(prior.image_shape)
         if truth is not None:
