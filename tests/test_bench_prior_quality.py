@@ -97,7 +97,50 @@ def test_samples_resume_from_cached_chunks(tmp_path, toy_prior):
 
 def test_bad_sampler_and_metric_names(tmp_path, toy_prior):
     p = _task(tmp_path, toy_prior)
-    p.write_text(p.read_text().replace('name = "ddim"', 'name = "euler"'))
+    p.write_text(p.read_text().replace('name = "ddim"', 'name = "rk4"'))
     with pytest.raises(UnknownNameError, match="ddim"):
         run_benchmark(p, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def toy_flow_prior(tmp_path_factory):
+    """A one-step flow prior on 32x32 images, exported under the name mnist32 (its domain)."""
+    from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
+
+    d = tmp_path_factory.mktemp("pqflow")
+    cfg = TrainConfig(out=str(d / "run"), steps=1, batch=2, ckpt_every=1, log_every=1, warmup=1,
+                      objective="flow", source={"kind": "gaussian"},
+                      unet=dict(base_channels=8, channel_mults=[1, 2], num_res_blocks=1,
+                                attention_resolutions=[]))
+    data = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ckpt = train_prior(cfg, data=data, progress=False)
+    return export_prior(ckpt, d / "export", "mnist32")
+
+
+def test_a_flow_prior_is_sampled_by_its_ode_solver_and_refuses_ddim(tmp_path, toy_flow_prior,
+                                                                    monkeypatch):
+    monkeypatch.setenv("DIFFINV_CACHE", str(tmp_path / "cache"))
+    from diffinv import load_prior
+
+    p = _task(tmp_path, toy_flow_prior, n=2)
+    p.write_text(p.read_text().replace('{name = "ddim", steps = 2}', '{name = "heun", steps = 2}'))
+    run_benchmark(p, progress=False)
+    rows = read_records(tmp_path / "out" / "pq.jsonl")[0]
+    assert len(rows) == 1 and rows[0]["nfe"] == 4  # Heun: two velocity calls per step
+    prior = load_prior(toy_flow_prior)
+    want = draw_samples(prior, 2, 0, {"method": "heun", "steps": 2}, chunk=2, progress=False)
+    cached = draw_samples(prior, 2, 0, {"method": "heun", "steps": 2}, chunk=2,
+                          cache=tmp_path / "c", progress=False)
+    assert torch.allclose(want, cached)
+    p.write_text(p.read_text().replace('{name = "heun", steps = 2}', '{name = "ddim", steps = 2}')
+                 .replace('name = "pq"', 'name = "pq2"'))
+    from diffinv.bench.errors import BenchConfigError
+
+    with pytest.raises(BenchConfigError, match="cannot sample the flow prior"):
+        run_benchmark(p, progress=False)
+    assert not (tmp_path / "out" / "pq2.jsonl").exists()
+    p.write_text(p.read_text().replace('{name = "ddim", steps = 2}',
+                                       '{name = "heun", steps = 2, eta = 0.5}'))
+    with pytest.raises(BenchConfigError, match="unknown key"):
+        run_benchmark(p, progress=False)

@@ -1,7 +1,9 @@
 """Job kind "prior-quality": FID of a prior's samples, its floor, and digit-classifier confidence.
 
 Grid axes: ``priors`` (names or ``{name, path}`` tables, identified by their weights' SHA-256) and
-``samplers`` (``{name = "ddim", steps = 100, eta = 0.0}`` or ``"ddpm"``). One unit is one whole
+``samplers`` (diffusion priors: ``{name = "ddim", steps = 100, eta = 0.0}`` or ``"ddpm"``; flow
+priors: ``{name = "euler", steps = 50}``, ``"heun"`` or ``{name = "dopri5", rtol = 1e-4, atol =
+1e-4}``, the ODE solvers of :meth:`diffinv.flow.FlowPrior.sample`). One unit is one whole
 evaluation (``evaluations`` = 1 per cell):
 
 1. draw ``n_samples`` samples, sample i from the generator ``image_seed(seed, i)``; they are
@@ -41,24 +43,56 @@ from diffinv.bench.spec import Cell, Entry
 from diffinv.errors import UnknownNameError
 
 METRICS = ("fid", "fid-floor", "conf>0.9", "samples")
-SAMPLERS = ("ddim", "ddpm")
+#: samplers of diffusion priors (DDIM/DDPM) and of flow priors (ODE solvers)
+DIFFUSION_SAMPLERS = ("ddim", "ddpm")
+FLOW_SAMPLERS = ("euler", "heun", "dopri5")
+SAMPLERS = DIFFUSION_SAMPLERS + FLOW_SAMPLERS
+
+
+def _number(entry: Entry, key: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise BenchConfigError(f"sampler {entry.label!r}: {key} must be a number in [{low:g}, "
+                               f"{high:g}]; got {value!r}")
+    return float(value)
 
 
 def _sampler(entry: Entry) -> dict[str, Any]:
+    """The keyword arguments of ``prior.sample`` for a sampler entry (checked)."""
     if entry.name not in SAMPLERS:
         raise UnknownNameError("sampler", entry.name, list(SAMPLERS))
     params = dict(entry.params)
-    bad = set(params) - {"steps", "eta"}
+    if entry.name in DIFFUSION_SAMPLERS:
+        allowed = {"steps", "eta"}
+    else:
+        allowed = {"rtol", "atol"} if entry.name == "dopri5" else {"steps"}
+    bad = set(params) - allowed
     if bad:
-        raise BenchConfigError(f"sampler {entry.label!r}: unknown key(s) {sorted(bad)}")
-    steps, eta = params.get("steps", 100), params.get("eta", 0.0)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise BenchConfigError(f"sampler {entry.label!r}: steps must be an integer >= 1; got "
-                               f"{steps!r}")
-    if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
-        raise BenchConfigError(f"sampler {entry.label!r}: eta must be a number in [0, 1]; got "
-                               f"{eta!r}")
-    return {"method": entry.name, "steps": steps, "eta": float(eta)}
+        raise BenchConfigError(f"sampler {entry.label!r}: unknown key(s) {sorted(bad)} (a "
+                               f"{entry.name} sampler takes {sorted(allowed)})")
+    out: dict[str, Any] = {"method": entry.name}
+    if "steps" in allowed:
+        steps = params.get("steps", 100 if entry.name in DIFFUSION_SAMPLERS else 50)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise BenchConfigError(f"sampler {entry.label!r}: steps must be an integer >= 1; got "
+                                   f"{steps!r}")
+        out["steps"] = steps
+    if entry.name in DIFFUSION_SAMPLERS:
+        out["eta"] = _number(entry, "eta", params.get("eta", 0.0), 0.0, 1.0)
+    if entry.name == "dopri5":
+        for key in ("rtol", "atol"):
+            out[key] = _number(entry, key, params.get(key, 1e-4), 1e-12, 1.0)
+    return out
+
+
+def _check_pairing(sampler: dict[str, Any], prior: Any, sampler_label: str,
+                   prior_label: str) -> None:
+    """A flow prior takes an ODE solver, a diffusion prior DDIM/DDPM; anything else is refused."""
+    flow = getattr(prior, "kind", "") == "flow"
+    want = FLOW_SAMPLERS if flow else DIFFUSION_SAMPLERS
+    if sampler["method"] not in want:
+        raise BenchConfigError(f"sampler {sampler_label!r} ({sampler['method']}) cannot sample "
+                               f"the {'flow' if flow else 'diffusion'} prior {prior_label!r}; "
+                               f"use one of {list(want)}")
 
 
 def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
@@ -90,8 +124,11 @@ def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
     for cell in cells:
         prior = cached_prior(ctx, cell["prior"])
         sampler = _sampler(cell["sampler"])
-        most = int(getattr(prior, "num_timesteps", sampler["steps"]))
-        if sampler["steps"] > most:
+        _check_pairing(sampler, prior, cell["sampler"].label, cell["prior"].label)
+        diffusion = prior.latent if getattr(prior, "kind", "") == "latent" else prior
+        most = (int(diffusion.num_timesteps) if sampler["method"] in DIFFUSION_SAMPLERS
+                else sampler.get("steps", 0))
+        if sampler.get("steps", 0) > most:
             raise BenchConfigError(f"sampler {cell['sampler'].label!r}: steps must lie in "
                                    f"1..{most} for prior {cell['prior'].label!r}; got "
                                    f"{sampler['steps']}")
@@ -170,6 +207,7 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
         ctx.cached("threads", lambda: torch.set_num_threads(ctx.options["threads"]))
     prior = cached_prior(ctx, cell["prior"])
     sampler = _sampler(cell["sampler"])
+    _check_pairing(sampler, prior, cell["sampler"].label, cell["prior"].label)
     n = int(ctx.options["n_samples"])
     domain = prior.domain
     ref = load_split(domain, ctx.options["reference"]).images[:n]
