@@ -1,20 +1,39 @@
-"""MkDocs hook: adds the reference pages that :mod:`diffinv.docs_gen` writes from the registries.
+"""MkDocs hook: adds the pages that :mod:`diffinv.docs_gen` and :mod:`diffinv.docs_bench` write
+at build time.
+
+* the reference pages, from the registries (solvers, operators, noise models, sub-commands, job
+  kinds);
+* the "choosing a solver" pages and the galleries, from the benchmark tables and pictures
+  committed in ``benchmarks/`` (the gallery PNGs are added to the site from there).
 
 Nothing is written into ``docs/``: the pages exist only in the built site, so they cannot go
-stale and a new solver, operator, noise model, sub-command or job kind needs no docs edit.
+stale, a new solver, operator, noise model, sub-command or job kind needs no docs edit, and a
+re-run benchmark table updates its page. A benchmark file that a page needs and that is missing
+stops the build with an error naming it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mkdocs.structure.files import File, Files
 
 
+def _add(files: Files, file: File) -> None:
+    existing = files.get_file_from_path(file.src_uri)
+    if existing is not None:
+        files.remove(existing)
+    files.append(file)
+
+
 def on_files(files: Files, config) -> Files:
+    from diffinv.docs_bench import benchmark_pages, site_files
     from diffinv.docs_gen import reference_pages
 
-    for path, markdown in reference_pages().items():
-        existing = files.get_file_from_path(path)
-        if existing is not None:
-            files.remove(existing)
-        files.append(File.generated(config, path, content=markdown))
+    bench_dir = Path(config.config_file_path).resolve().parent / "benchmarks"
+    pages = {**reference_pages(), **benchmark_pages(bench_dir)}
+    for path, markdown in pages.items():
+        _add(files, File.generated(config, path, content=markdown))
+    for path, source in site_files(bench_dir).items():
+        _add(files, File.generated(config, path, abs_src_path=str(source)))
     return files

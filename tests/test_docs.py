@@ -1,14 +1,25 @@
 """The docs site's reference pages (``diffinv.docs_gen``) cover every registered solver, operator,
-noise model, CLI sub-command and bench job kind. The generators are called directly: no mkdocs
-build here (``make docs`` builds the site)."""
+noise model, CLI sub-command and bench job kind; the "choosing a solver" pages show every row of
+the benchmark CSVs they are built from; the gallery page every committed picture; and the "Bring
+your own" page names only options and functions that exist. The generators are called directly:
+no mkdocs build here (``make docs`` builds the site)."""
 
 from __future__ import annotations
 
+import csv
+import importlib
+import inspect
+import math
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
-from diffinv import docs_gen
+from diffinv import docs_bench, docs_gen
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +111,216 @@ def test_a_new_solver_appears_without_editing_the_docs(monkeypatch):
     monkeypatch.setitem(base._REGISTRY, "zz-fresh", Fresh)
     text = docs_gen.solvers_page()
     assert "## zz-fresh" in text and "registered after the docs were written" in text
+
+
+# ------------------------------------------------------------------------ choosing a solver
+@pytest.fixture(scope="module")
+def bench_pages() -> dict[str, str]:
+    return docs_bench.benchmark_pages(BENCH)
+
+
+def _csv_rows(name: str) -> list[dict[str, str]]:
+    """A benchmark CSV's rows, read here (not through the generator)."""
+    with open(BENCH / f"{name}.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def _source_rows(src: docs_bench.Source) -> list[dict[str, str]]:
+    return [r for r in _csv_rows(src.csv) if (src.tasks is None or r["task"] in src.tasks)
+            and (src.methods is None or r["method"] in src.methods)]
+
+
+def _table_rows(markdown: str) -> list[tuple[str, list[str]]]:
+    """``(the ## heading above it, its cells)`` of every table row of a page."""
+    out, heading = [], ""
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+        elif line.startswith("| "):
+            out.append((heading, [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]))
+    return out
+
+
+def _rows_for(rows: list[tuple[str, list[str]]], task: str, method: str) -> list[list[str]]:
+    return [cells for heading, cells in rows
+            if method in cells and (heading == task or task in cells)]
+
+
+def _shown_mean(cell: str) -> tuple[float, float]:
+    """``"21.13 ± 0.85"`` -> (21.13, the rounding step of 21.13)."""
+    mean = cell.split(" ")[0]
+    decimals = len(mean.split(".")[1]) if "." in mean else 0
+    return float(mean), 10.0 ** -decimals
+
+
+def test_every_benchmark_page_is_generated_and_in_the_nav(bench_pages):
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert {p.path for p in docs_bench.CHOOSING} < set(bench_pages)
+    for path, text in bench_pages.items():
+        assert text.lstrip().startswith("<!-- generated"), path
+        assert "\n# " in text, path
+        assert re.search(rf":\s+{re.escape(path)}\s*$", nav, flags=re.MULTILINE), \
+            f"{path} is not in the nav of mkdocs.yml"
+    assert "bring-your-own.md" in nav
+
+
+@pytest.mark.parametrize("page", docs_bench.CHOOSING, ids=lambda p: p.path)
+def test_every_choosing_page_lists_every_method_of_its_csvs(page, bench_pages):
+    text = bench_pages[page.path]
+    rows = _table_rows(text)
+    for src in page.sources:
+        # the caption names the CSV and the command that remakes it
+        assert f"`benchmarks/{src.csv}.csv`" in text
+        assert f"`diffinv bench benchmarks/tasks/{src.csv}.toml`" in text
+        wanted = {(r["task"], r["method"]): r for r in _source_rows(src) if r["column"] == "psnr"}
+        assert wanted, f"{src.csv}.csv gives {page.path} no rows"
+        for (task, method), r in wanted.items():
+            found = _rows_for(rows, task, method)
+            assert len(found) == 1, (f"{page.path}: {len(found)} rows for {method!r} on "
+                                     f"{task!r} of {src.csv}.csv (want 1)")
+            cells = found[0]
+            psnr = next(c for c in cells if "±" in c or re.fullmatch(r"[-\d.]+", c))
+            shown, step = _shown_mean(psnr)
+            assert math.isclose(shown, float(r["value"]), abs_tol=step / 2 + 1e-9), \
+                f"{page.path}: {method} on {task} shows {psnr}, the CSV has {r['value']}"
+            assert (r["n"] if r["complete"] == "1" else f"{r['n']}/{r['target']}\\*") in cells
+
+
+def test_the_do_nothing_row_is_shown_where_the_csv_has_it(bench_pages):
+    seen = 0
+    for page in docs_bench.CHOOSING:
+        text = bench_pages[page.path]
+        rows = _table_rows(text)
+        advice = text.split("## Recommendation", 1)[1].split("\n## ", 1)[0]
+        y_tasks = {r["task"] for src in page.sources for r in _source_rows(src)
+                   if r["method"] == docs_bench.DO_NOTHING}
+        for task in y_tasks:
+            seen += 1
+            assert _rows_for(rows, task, docs_bench.DO_NOTHING), \
+                f"{page.path}: the do-nothing row of {task!r} is missing"
+            assert re.search(rf"scores [^;]* dB on {re.escape(task)};", advice), \
+                f"{page.path}: the recommendation does not compare the methods with y on {task!r}"
+        if not y_tasks:  # says that it cannot tell who beats the input
+            assert "no do-nothing row" in advice, page.path
+    assert seen, "no page shows a do-nothing row: the blind tables have one"
+
+
+def test_a_missing_benchmark_csv_is_a_clear_error(tmp_path):
+    with pytest.raises(docs_bench.MissingBenchmarkError,
+                       match=r"benchmarks/blind_linear\.csv .*`diffinv bench "
+                             r"benchmarks/tasks/blind_linear\.toml`"):
+        docs_bench.choosing_page("choosing/blind-kernel.md", bench_dir=tmp_path)
+    # a page of two CSVs: the second one missing is named too
+    shutil.copy(BENCH / "davi.csv", tmp_path / "davi.csv")
+    with pytest.raises(docs_bench.MissingBenchmarkError, match=r"benchmarks/linear\.csv"):
+        docs_bench.choosing_page("choosing/amortised.md", bench_dir=tmp_path)
+    with pytest.raises(docs_bench.MissingBenchmarkError):
+        docs_bench.benchmark_pages(tmp_path)
+    with pytest.raises(docs_bench.MissingBenchmarkError, match=r"_gallery\.md"):
+        docs_bench.galleries_page(tmp_path)
+
+
+def test_a_csv_without_the_bench_columns_is_a_clear_error(tmp_path):
+    (tmp_path / "linear.csv").write_text("# Command: x\nmethod,task\nDPS,sr4\n")
+    with pytest.raises(docs_bench.BenchmarkFormatError, match="no column column"):
+        docs_bench.read_bench_table("linear", tmp_path)
+
+
+# ------------------------------------------------------------------------------- galleries
+def test_the_gallery_page_shows_every_committed_picture(bench_pages):
+    files = docs_bench.site_files(BENCH)
+    text = bench_pages[docs_bench.GALLERY_PAGE]
+    captions = sorted(BENCH.glob("*_gallery.md"))
+    assert captions
+    for md in captions:
+        links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md.read_text(encoding="utf-8"))
+        assert links, md
+        for link in links:
+            assert files[f"galleries/{link}"] == BENCH / link
+            assert f"](galleries/{link})" in text
+    # every committed gallery picture is shown, and none is copied into docs/
+    for png in BENCH.glob("*_gallery/*.png"):
+        assert f"galleries/{png.relative_to(BENCH).as_posix()}" in files, png
+    assert not list((ROOT / "docs").rglob("*.png"))
+
+
+def test_a_missing_gallery_picture_is_a_clear_error(tmp_path):
+    (tmp_path / "x_gallery.md").write_text("# X\n\n![a](x_gallery/a.png)\n")
+    with pytest.raises(docs_bench.MissingBenchmarkError, match=r"x_gallery/a\.png"):
+        docs_bench.site_files(tmp_path)
+
+
+# -------------------------------------------------------------------------- bring your own
+def _code_blocks(markdown: str, lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", markdown, flags=re.MULTILINE | re.DOTALL)
+
+
+def test_bring_your_own_names_only_options_that_exist():
+    from diffinv.solvers.base import _REGISTRY, _load_builtin
+
+    _load_builtin()
+    text = (ROOT / "docs" / "bring-your-own.md").read_text(encoding="utf-8")
+    parsers = docs_gen.cli_commands()
+    options = {name: {s for a in p._actions for s in a.option_strings}
+               for name, p in parsers.items()}
+    every = set().union(*options.values())
+    # each command line of a bash block: its options are the sub-command's, -p keys the solver's
+    checked = 0
+    for block in _code_blocks(text, "bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            m = re.match(r"\s*diffinv ([a-z-]+)(.*)", line)
+            if not m:
+                continue
+            verb, rest = m.groups()
+            assert verb in parsers, line
+            for flag in re.findall(r"(?<!\S)(--?[a-z][a-z0-9-]*)", rest.split("#")[0]):
+                assert flag in options[verb], f"`diffinv {verb}` has no option {flag}"
+                checked += 1
+            solver = re.search(r"--solver (\S+)", rest)
+            for key in re.findall(r"-p (\w+)=", rest):
+                assert solver and key in inspect.signature(_REGISTRY[solver.group(1)]).parameters, \
+                    f"{line}: no solver parameter {key}"
+    assert checked > 20
+    # inline `diffinv VERB --option` spans, and every option named in prose
+    for verb, rest in re.findall(r"`diffinv ([a-z-]+)((?: [^`]*)?)`", text):
+        assert verb in parsers, verb
+        for flag in re.findall(r"(?<!\S)(--[a-z][a-z0-9-]*)", rest):
+            assert flag in options[verb], f"`diffinv {verb}` has no option {flag}"
+    for line in text.splitlines():
+        if "torchrun" in line or "pip install" in line:
+            continue
+        for flag in re.findall(r"`(--[a-z][a-z0-9-]*)", line):
+            assert flag in every, f"no sub-command has the option {flag}"
+
+
+def test_bring_your_own_python_names_exist():
+    from diffinv.diffusion.adm import ADM_PRESETS
+    from diffinv.physics.registry import OPERATORS
+    from diffinv.solvers.base import _REGISTRY, _load_builtin
+
+    _load_builtin()
+    text = (ROOT / "docs" / "bring-your-own.md").read_text(encoding="utf-8")
+    blocks = _code_blocks(text, "python")
+    assert blocks
+    for block in blocks:
+        for module, names in re.findall(r"^from (diffinv[\w.]*) import (.+)$", block,
+                                        flags=re.MULTILINE):
+            mod = importlib.import_module(module)
+            for name in (n.strip() for n in names.split(",")):
+                assert hasattr(mod, name), f"{module} has no {name}"
+        for name in re.findall(r"make_solver\(\"([\w-]+)\"", block):
+            assert name in _REGISTRY, name
+        for name in re.findall(r"make_operator\(\"([\w-]+)\"", block):
+            assert name in OPERATORS, name
+    for preset in re.findall(r"`(adm-[\w-]+)`", text):
+        assert preset in ADM_PRESETS, preset
+    for name in re.findall(r"`(diffinv(?:\.\w+)+)`", text):  # dotted names in prose
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+            break
