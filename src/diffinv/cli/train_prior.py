@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from diffinv.cli import (
-    fraction,
-    int_list,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    positive_int_list,
-)
+from diffinv.cli import fraction, int_list, non_negative_int, positive_int, positive_int_list
+from diffinv.cli._trainer_args import add_run_options, add_schedule_options
 
 HELP = ("train or resume a UNet prior: eps-prediction diffusion or (--objective flow) flow "
         "matching (EMA, checkpoints, torchrun DDP)")
@@ -29,26 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, help="run folder (checkpoint.pt, train_log.jsonl, config.json)"
     )
-    p.add_argument("--steps", type=positive_int, default=10_000, help="total optimisation steps")
-    p.add_argument("--batch", type=positive_int, default=64, help="global batch size")
-    p.add_argument("--lr", type=positive_float, default=6e-4, help="AdamW learning rate")
-    p.add_argument(
-        "--lr-schedule",
-        choices=["constant", "cosine"],
-        default="constant",
-        help="cosine: down to 10%% of --lr at --steps, starting at --decay-start",
-    )
-    p.add_argument(
-        "--decay-start",
-        type=non_negative_int,
-        default=0,
-        help="cosine only: constant lr until this step, then the decay (resume a constant-lr "
-        "run into a final decay with --steps STEP+N --decay-start STEP)",
-    )
-    p.add_argument("--warmup", type=non_negative_int, default=200,
-                   help="linear learning-rate warm-up steps")
-    p.add_argument("--ema-decay", type=fraction, default=0.999,
-                   help="decay of the exponential moving average of the weights (what is exported)")
+    add_schedule_options(p, steps=10_000, batch=64, lr=6e-4, lr_schedule="constant",
+                         batch_help="global batch size", decay_start=True)
     p.add_argument("--base-channels", type=positive_int, default=32,
                    help="UNet channels of the first level")
     p.add_argument("--channel-mults", type=positive_int_list, default=[1, 2, 2, 2],
@@ -87,25 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="fp32",
         help="bf16: bfloat16 autocast of the forward pass (faster on CPUs with AVX512-BF16)",
     )
-    p.add_argument("--ckpt-every", type=positive_int, default=250,
-                   help="write the checkpoint every this many steps")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
-    )
-    p.add_argument(
-        "--max-steps-this-run",
-        type=positive_int,
-        default=None,
-        help="stop after this many steps (checkpointed); rerun to continue",
-    )
-    p.add_argument(
-        "--export",
-        metavar="DIR",
-        default=None,
-        help="a folder: when done, export the EMA weights into it as DIR/<dataset>.safetensors "
-        "+ DIR/<dataset>.json (the folder is created; files of those names are replaced)",
-    )
+    add_run_options(p, ckpt_every=250, device_help="cpu, cuda, cuda:1 ... (default: cuda if "
+                    "present)", export_help="a folder: when done, export the EMA weights into it "
+                    "as DIR/<dataset>.safetensors + DIR/<dataset>.json (the folder is created; "
+                    "files of those names are replaced)")
     p.add_argument("--latent", metavar="AE", default=None,
                    help="an autoencoder export (diffinv train-autoencoder): train the diffusion "
                    "on its scaled latents; --export then writes a latent prior (the autoencoder "
@@ -115,30 +76,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from pathlib import Path
 
-    from diffinv.cli import training_data_set
-    from diffinv.learn.checkpoint import check_export
+    from diffinv.cli._trainer_args import schedule_config, start_run, train_and_export
     from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    name = training_data_set(args.dataset)
-    if args.export:
-        check_export(args.export, name)
+    name, _ = start_run(args)
     cfg = TrainConfig(
         dataset=name,
         out=args.out,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        warmup=args.warmup,
-        decay_start=args.decay_start,
-        ema_decay=args.ema_decay,
+        **schedule_config(args),
         seed=args.seed,
         precision=args.precision,
-        ckpt_every=args.ckpt_every,
         objective=args.objective,
         source=_source(args),
         train_images=args.train_images,
@@ -156,23 +105,15 @@ def run(args: argparse.Namespace) -> int:
 
         cfg.dataset, data = latent_training_data(args.latent, name, cfg.objective,
                                                  cfg.train_images)
-    ckpt = train_prior(
-        cfg,
-        data=data,
-        device=args.device,
-        progress=not args.no_progress,
-        max_steps_this_run=args.max_steps_this_run,
-    )
-    print(f"checkpoint: {ckpt}")
-    if args.export:
+
+    def export(ckpt: Path) -> Path:
         if args.latent:
             from diffinv.latent.training import export_latent_prior
 
-            path = export_latent_prior(ckpt, args.latent, args.export, f"{name}-latent")
-        else:
-            path = export_prior(ckpt, args.export, name)
-        print(f"exported: {path}")
-    return 0
+            return export_latent_prior(ckpt, args.latent, args.export, f"{name}-latent")
+        return export_prior(ckpt, args.export, name)
+
+    return train_and_export(args, train_prior, cfg, export, data=data)
 
 
 def _source(args: argparse.Namespace) -> dict:

@@ -104,6 +104,49 @@ def _locate(folder: Path) -> tuple[Path, dict[str, Any] | None]:
     return unet_dir, None
 
 
+# Loading steps shared with the latent (diffinv.latent.diffusers) and flow (diffinv.flow.diffusers)
+# folder loaders.
+def diffusers_class(name: str) -> Any:
+    """diffusers' class ``name`` (``UNet2DModel``, ``AutoencoderKL``); without the optional
+    package, a :class:`DiffinvError` that says how to install it."""
+    try:
+        import diffusers
+
+        return getattr(diffusers, name)
+    except (ImportError, AttributeError) as e:
+        raise DiffinvError(f"loading a diffusers folder needs the diffusers package: {INSTALL}"
+                           ) from e
+
+
+def load_pretrained(name: str, folder: Path, label: str) -> Any:
+    """diffusers' ``name`` loaded from ``folder`` with ``from_pretrained`` (safetensors only); a
+    folder it cannot load raises :class:`IntegrityError` naming the model as ``label``."""
+    cls = diffusers_class(name)
+    try:
+        return cls.from_pretrained(str(folder), use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise IntegrityError(f"{folder}: the diffusers {label} could not be loaded: {e}") from e
+
+
+def checked_sha256(weights: Path, sha256: str | None) -> str:
+    """The SHA-256 of ``weights``, refused with :class:`IntegrityError` when it is not the
+    pinned ``sha256`` (``None``: nothing pinned)."""
+    from diffinv.assets import sha256_file
+
+    sha = sha256_file(weights)
+    if sha256 and sha256.lower() != sha:
+        raise IntegrityError(f"{weights} has SHA-256 {sha[:12]}..., but {sha256[:12]}... was "
+                             "pinned (truncated or replaced weights?)")
+    return sha
+
+
+def sample_hw(config: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) of a diffusers model config's ``sample_size``: one int or a pair
+    (default 32)."""
+    size = config.get("sample_size", 32)
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def diffusers_betas(cfg: dict[str, Any]) -> torch.Tensor:
     """The betas a diffusers scheduler config describes (float64; see the module docstring)."""
     import math
@@ -194,7 +237,6 @@ class PredictionToEps(nn.Module):
 def load_diffusers_prior(folder: str | Path, device: str | torch.device = "cpu",
                          sha256: str | None = None) -> Any:
     """A :class:`~diffinv.diffusion.prior.DiffusionPrior` from a diffusers folder."""
-    from diffinv.assets import sha256_file
     from diffinv.diffusion.prior import DiffusionPrior
     from diffinv.diffusion.schedule import VPSchedule
 
@@ -223,18 +265,8 @@ def load_diffusers_prior(folder: str | Path, device: str | torch.device = "cpu",
 
         return load_diffusers_flow_prior(folder, unet_dir, config, sched_cfg, device, sha256)
     check_scheduler(sched_cfg)
-    sha = sha256_file(weights)
-    if sha256 and sha256.lower() != sha:
-        raise IntegrityError(f"{weights} has SHA-256 {sha[:12]}..., but {sha256[:12]}... was "
-                             "pinned (truncated or replaced weights?)")
-    try:
-        from diffusers import UNet2DModel
-    except ImportError as e:
-        raise DiffinvError(f"loading a diffusers folder needs the diffusers package: {INSTALL}") from e
-    try:
-        unet = UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise IntegrityError(f"{unet_dir}: the diffusers UNet could not be loaded: {e}") from e
+    sha = checked_sha256(weights, sha256)
+    unet = load_pretrained("UNet2DModel", unet_dir, "UNet")
     schedule = VPSchedule(diffusers_betas(sched_cfg), kind=betas_label(sched_cfg))
     variance = VARIANCE_MAP[sched_cfg.get("variance_type", "fixed_small")]
     c_in, c_out = int(config.get("in_channels", 3)), int(config.get("out_channels", 3))
@@ -244,8 +276,7 @@ def load_diffusers_prior(folder: str | Path, device: str | torch.device = "cpu",
     if variance != "learned_range" and c_out != c_in:
         raise DiffinvError(f"the UNet maps {c_in} to {c_out} channels; a prior needs "
                            f"out_channels = in_channels (or twice it with learned_range)")
-    size = config.get("sample_size", 32)
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    h, w = sample_hw(config)
     net = PredictionToEps(unet.eval(), sched_cfg.get("prediction_type", "epsilon"),
                           schedule.alpha_bar)
     prior = DiffusionPrior(net, schedule, image_shape=(c_in, h, w), variance=variance,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffinv.errors import DiffinvError, IntegrityError
+from diffinv.errors import DiffinvError
 from diffinv.flow.prior import FlowPrior
 from diffinv.flow.source import Source
 
@@ -52,8 +52,13 @@ class DiffusersVelocity(nn.Module):
 def load_diffusers_flow_prior(folder: Path, unet_dir: Path, config: dict[str, Any],
                               sched_cfg: dict[str, Any], device: str | torch.device,
                               sha256: str | None) -> FlowPrior:
-    from diffinv.assets import sha256_file
-    from diffinv.diffusion.diffusers_folder import INSTALL, WEIGHTS
+    from diffinv.diffusion.diffusers_folder import (
+        WEIGHTS,
+        checked_sha256,
+        diffusers_class,
+        load_pretrained,
+        sample_hw,
+    )
 
     if sched_cfg.get("invert_sigmas"):
         raise DiffinvError("diffusers FlowMatchEulerDiscreteScheduler invert_sigmas=true (the "
@@ -64,27 +69,14 @@ def load_diffusers_flow_prior(folder: Path, unet_dir: Path, config: dict[str, An
         raise DiffinvError(f"diffusers num_train_timesteps must be an integer >= 1, got {T!r}")
     if isinstance(shift, bool) or not isinstance(shift, int | float) or not shift > 0:
         raise DiffinvError(f"diffusers shift must be a number > 0, got {shift!r}")
-    weights = unet_dir / WEIGHTS
-    sha = sha256_file(weights)
-    if sha256 and sha256.lower() != sha:
-        raise IntegrityError(f"{weights} has SHA-256 {sha[:12]}..., but {sha256[:12]}... was "
-                             "pinned (truncated or replaced weights?)")
-    try:
-        from diffusers import UNet2DModel
-    except ImportError as e:
-        raise DiffinvError(f"loading a diffusers folder needs the diffusers package: {INSTALL}"
-                           ) from e
+    sha = checked_sha256(unet_dir / WEIGHTS, sha256)
+    diffusers_class("UNet2DModel")  # a missing package is said before the checks below
     c_in, c_out = int(config.get("in_channels", 3)), int(config.get("out_channels", 3))
     if c_out != c_in:
         raise DiffinvError(f"the UNet maps {c_in} to {c_out} channels; a flow prior's velocity "
                            "needs out_channels = in_channels")
-    try:
-        unet = UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise IntegrityError(f"{unet_dir}: the diffusers UNet could not be loaded: {e}") from e
-    size = config.get("sample_size", 32)
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    shape = (c_in, h, w)
+    unet = load_pretrained("UNet2DModel", unet_dir, "UNet")
+    shape = (c_in, *sample_hw(config))
     info = {"scheduler": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": T,
             "converted_from": "diffusers sigma = 1 - t, output = -v",
             **{k: sched_cfg[k] for k in GRID_ONLY if k in sched_cfg}}

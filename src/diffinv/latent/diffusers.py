@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffinv.diffusion.diffusers_folder import INSTALL, PICKLED, WEIGHTS
+from diffinv.diffusion.diffusers_folder import PICKLED, WEIGHTS, load_pretrained, sample_hw
 from diffinv.errors import DiffinvError, IntegrityError
 
 
@@ -79,16 +79,8 @@ def load_latent_diffusers(folder: str | Path, device: str | torch.device = "cpu"
     if not isinstance(latent, DiffusionPrior):
         raise DiffinvError(f"{folder}: the latent model must be a VP diffusion (DDPM/DDIM "
                            "scheduler); latent flow matching is not supported")
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError as e:
-        raise DiffinvError(f"loading a diffusers folder needs the diffusers package: {INSTALL}") from e
-    try:
-        vae = AutoencoderKL.from_pretrained(str(vae_dir), use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise IntegrityError(f"{vae_dir}: the diffusers AutoencoderKL could not be loaded: {e}") from e
-    size = cfg.get("sample_size", 32)
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    vae = load_pretrained("AutoencoderKL", vae_dir, "AutoencoderKL")
+    h, w = sample_hw(cfg)
     f = 2 ** (len(cfg.get("block_out_channels", [64])) - 1)
     image_shape = (int(cfg.get("in_channels", 3)), h, w)
     latent_shape = (int(cfg.get("latent_channels", 4)), h // f, w // f)

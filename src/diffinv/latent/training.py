@@ -25,21 +25,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from diffinv.checks import check_count
-from diffinv.errors import DiffinvError, IntegrityError, NonFiniteError
+from diffinv.errors import DiffinvError, IntegrityError
 from diffinv.latent.autoencoder import KLAutoencoder, autoencoder_loss, latent_scale
 from diffinv.learn.checkpoint import check_export_name, load_checkpoint, save_atomic
 from diffinv.learn.ema import EMA
 from diffinv.learn.trainer import (
     CHECKPOINT,
+    OptimConfig,
+    append_log,
+    check_loss,
     check_numbers,
     check_run_folder,
+    check_train_images,
     diverged,
+    end_of_step,
     finite_state,
     learning_rate,
+    optimiser_step,
     pick_device,
+    resume,
+    start_log,
     stop_requests,
 )
 from diffinv.seeding import image_seed
@@ -48,18 +55,12 @@ TRAINER = "train-autoencoder"
 
 
 @dataclass
-class AutoencoderConfig:
-    dataset: str = "fashion32"
+class AutoencoderConfig(OptimConfig):
+    # OptimConfig's fields come first; these defaults replace its own
     out: str = "runs/ae-fashion32"
     steps: int = 20_000
-    batch: int = 64
     lr: float = 4.5e-4
     lr_schedule: str = "cosine"
-    warmup: int = 200
-    decay_start: int = 0
-    weight_decay: float = 0.0
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
     seed: int = 0
     ckpt_every: int = 250
     log_every: int = 25
@@ -77,16 +78,10 @@ class AutoencoderConfig:
         check_numbers(self, positive=("lr",), non_negative=("weight_decay", "grad_clip",
                                                             "kl_weight", "warmup"),
                       fraction=("ema_decay",))
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise DiffinvError(f"lr_schedule must be 'constant' or 'cosine', got "
-                               f"{self.lr_schedule!r}")
-        if not 0 <= self.decay_start < self.steps:
-            raise DiffinvError(f"decay_start must lie in [0, steps), got {self.decay_start}")
+        self.check_schedule()
         if self.recon not in ("l1", "mse"):
             raise DiffinvError(f"recon must be 'l1' or 'mse', got {self.recon!r}")
-        if isinstance(self.train_images, bool) or not isinstance(self.train_images, int) \
-                or self.train_images < 0:
-            raise DiffinvError(f"train_images must be an integer >= 0, got {self.train_images!r}")
+        check_train_images(self.train_images)
 
 
 def draw_ae_batch(n_data: int, batch: int, latent_shape: tuple[int, ...], seed: int, step: int
@@ -136,18 +131,10 @@ def train_autoencoder(cfg: AutoencoderConfig, *, data: torch.Tensor | None = Non
                                                            "recon", "train_images")):
             raise DiffinvError(f"{ckpt_path} was trained with another autoencoder/loss/data set; "
                                "use another --out folder")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        ema.load_state_dict(state["ema"])
-        step = saved_step = int(state["step"])
+        step = saved_step = resume(state, model, opt, ema)
         del state
     data_dev = data.to(dev)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    log_path = out / "train_log.jsonl"
-    with open(log_path, "a") as f:
-        f.write(json.dumps({"event": "start", "step": step, "time": time.time(),
-                            "config": asdict(cfg)}) + "\n")
+    log_path = start_log(out, cfg, step)
     end = cfg.steps if max_steps_this_run is None else min(cfg.steps, step + max_steps_this_run)
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"ae {cfg.dataset}")
     parts: list[dict[str, float]] = []
@@ -166,19 +153,12 @@ def train_autoencoder(cfg: AutoencoderConfig, *, data: torch.Tensor | None = Non
     with stop_requests() as stop:
         while step < end:
             for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg, step)  # type: ignore[arg-type]
+                group["lr"] = learning_rate(cfg, step)
             idx, noise = draw_ae_batch(len(data), cfg.batch, model.latent_shape, cfg.seed, step)
             loss, part = autoencoder_loss(model, data_dev[idx.to(dev)], noise.to(dev),
                                           kl_weight=cfg.kl_weight, recon=cfg.recon)
-            if not torch.isfinite(loss):
-                checkpoint()
-                raise NonFiniteError(f"loss became {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            ema.update(model)
+            check_loss(loss, step, checkpoint, None)
+            optimiser_step(loss, model, opt, ema, cfg.grad_clip)
             step += 1
             parts.append({"loss": loss.item(), **part})
             bar.update(1)
@@ -187,14 +167,10 @@ def train_autoencoder(cfg: AutoencoderConfig, *, data: torch.Tensor | None = Non
                 mean = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
                 ips = (step - n_last) * cfg.batch / max(now - t_last, 1e-9)
                 bar.set_postfix(rec=f"{mean['rec']:.4f}", img_s=f"{ips:.0f}")
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": step, **mean, "lr": learning_rate(cfg, step - 1),  # type: ignore[arg-type]
-                                        "images_per_s": ips, "time": now}) + "\n")
+                append_log(log_path, {"step": step, **mean, "lr": learning_rate(cfg, step - 1),
+                                      "images_per_s": ips, "time": now})
                 parts, t_last, n_last = [], now, step
-            if step % cfg.ckpt_every == 0 or step == end or stop["stop"]:
-                checkpoint()
-            if stop["stop"]:
-                bar.write(f"stopped by a signal at step {step}; checkpoint written: {ckpt_path}")
+            if end_of_step(step, end, cfg.ckpt_every, stop["stop"], checkpoint, bar, ckpt_path):
                 break
     bar.close()
     return ckpt_path

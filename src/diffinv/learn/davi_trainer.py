@@ -330,12 +330,16 @@ def train_davi(cfg: DaviConfig, *, prior: Any = None, data: Tensor | None = None
     from tqdm.auto import tqdm
 
     from diffinv.learn.trainer import (
+        LOG,
         _agreed,
         _Dist,
+        append_log,
         check_run_folder,
         diverged,
+        end_of_step,
         finite_state,
         pick_device,
+        start_log,
         stop_requests,
     )
 
@@ -378,13 +382,9 @@ def train_davi(cfg: DaviConfig, *, prior: Any = None, data: Tensor | None = None
         if run.disc is not None:
             run.disc = nn.SyncBatchNorm.convert_sync_batchnorm(run.disc)
             run.disc_train = nn.parallel.DistributedDataParallel(run.disc, device_ids=ids)
-    log_path = out / "train_log.jsonl"
+    log_path = out / LOG
     if ddp.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(run.cfg), indent=2))
-        with open(log_path, "a") as f:
-            f.write(json.dumps({"event": "start", "step": step, "time": time.time(),
-                                "config": asdict(run.cfg)}) + "\n")
+        start_log(out, run.cfg, step)
     end = cfg.steps if max_steps_this_run is None else min(cfg.steps, step + max_steps_this_run)
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and ddp.main),
                desc=f"train-davi {cfg.task}")
@@ -426,15 +426,11 @@ def train_davi(cfg: DaviConfig, *, prior: Any = None, data: Tensor | None = None
                 means = {k: sum(v) / len(v) for k, v in acc.items()}
                 bar.set_postfix(con=f"{means['con']:.4f}", mse=f"{means['mse_x0']:.4f}")
                 if ddp.main:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps({"step": step, **means, "s_per_step":
-                                            (now - t_last) / len(acc["con"]), "time": now}) + "\n")
+                    append_log(log_path, {"step": step, **means, "s_per_step":
+                                          (now - t_last) / len(acc["con"]), "time": now})
                 acc, t_last = {}, now
-            stop_now = _agreed(stop["stop"], ddp, dev)
-            if step % cfg.ckpt_every == 0 or step == end or stop_now:
-                checkpoint()
-            if stop_now:
-                bar.write(f"stopped by a signal at step {step}; checkpoint written: {ckpt_path}")
+            if end_of_step(step, end, cfg.ckpt_every, _agreed(stop["stop"], ddp, dev),
+                           checkpoint, bar, ckpt_path):
                 break
     bar.close()
     if ddp.active:

@@ -39,16 +39,22 @@ from torch import Tensor, nn
 
 from diffinv.checks import check_count
 from diffinv.diffusion.prior import PRECISIONS, autocast
-from diffinv.errors import DiffinvError, NonFiniteError
+from diffinv.errors import DiffinvError
 from diffinv.learn.checkpoint import check_export_name, load_checkpoint, save_atomic
 from diffinv.learn.deblur_net import DeblurUNet
 from diffinv.learn.ema import EMA
 from diffinv.learn.trainer import (
-    check_numbers,
+    OptimConfig,
+    append_log,
+    check_loss,
     check_run_folder,
     diverged,
+    end_of_step,
     finite_state,
     learning_rate,
+    optimiser_step,
+    resume,
+    start_log,
     stop_requests,
 )
 from diffinv.seeding import image_seed
@@ -60,18 +66,13 @@ BLIND_FAMILIES = ("blind-motion-blur", "blind-gaussian-blur", "blind-rotation-bl
 
 
 @dataclass
-class DeblurTrainConfig:
-    dataset: str = "fashion32"
+class DeblurTrainConfig(OptimConfig):
+    # OptimConfig's fields come first; these defaults replace its own
     out: str = "runs/deblur-fashion32"
     steps: int = 8000
     batch: int = 32
     lr: float = 1e-3
     lr_schedule: str = "cosine"
-    warmup: int = 200
-    decay_start: int = 0
-    weight_decay: float = 0.0
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
     sigma_max: float = 0.05
     families: list[str] = field(default_factory=lambda: list(BLIND_FAMILIES))
     seed: int = 0
@@ -81,20 +82,13 @@ class DeblurTrainConfig:
     net: dict = field(default_factory=lambda: dict(base=32, mults=[1, 2, 4], blocks=2))
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch < 1 or self.lr <= 0 or self.warmup < 0:
-            raise DiffinvError("steps, batch and lr must be positive and warmup non-negative")
-        check_numbers(self, positive=("lr",), non_negative=("weight_decay", "grad_clip"),
-                      fraction=("ema_decay", "sigma_max"))
+        self.check_optimiser(fraction=("ema_decay", "sigma_max"))
         mults = self.net.get("mults", [1])  # absent keys take DeblurUNet's defaults
         ints = [self.net.get("base", 1), self.net.get("blocks", 1), *mults]
         if not mults or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in ints):
             raise DiffinvError(f"net base, mults (one or more) and blocks must be integers >= 1, "
                                f"got {self.net}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise DiffinvError(f"lr_schedule must be 'constant' or 'cosine', got "
-                               f"{self.lr_schedule!r}")
-        if not 0 <= self.decay_start < self.steps:
-            raise DiffinvError(f"decay_start must lie in [0, steps), got {self.decay_start}")
+        self.check_schedule()
         if self.precision not in PRECISIONS:
             raise DiffinvError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not self.families:
@@ -176,20 +170,12 @@ def train_deblur_net(cfg: DeblurTrainConfig, *, data: Tensor | None = None,
         if any(saved.get(k) != asdict(cfg)[k] for k in same):
             raise DiffinvError(f"{ckpt_path} was trained with another network, data set, "
                                f"families, noise, seed or batch ({same}); use another --out")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        ema.load_state_dict(state["ema"])
-        step, wall = int(state["step"]), float(state.get("wall_s", 0.0))
+        step, wall = resume(state, model, opt, ema), float(state.get("wall_s", 0.0))
         saved_step = step
         del state
     ops = [op.to(dev) for op in _ops(cfg.families)]
     data_dev = data.to(dev)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    log_path = out / "train_log.jsonl"
-    with open(log_path, "a") as f:
-        f.write(json.dumps({"event": "start", "step": step, "time": time.time(),
-                            "threads": torch.get_num_threads(), "config": asdict(cfg)}) + "\n")
+    log_path = start_log(out, cfg, step, threads=torch.get_num_threads())
     end = cfg.steps if max_steps_this_run is None else min(cfg.steps, step + max_steps_this_run)
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train deblur-net")
     t_last, n_last, losses = time.time(), step, []
@@ -208,7 +194,7 @@ def train_deblur_net(cfg: DeblurTrainConfig, *, data: Tensor | None = None,
     with stop_requests() as stop:
         while step < end:
             for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg, step)  # type: ignore[arg-type]
+                group["lr"] = learning_rate(cfg, step)
             g = torch.Generator().manual_seed(image_seed(cfg.seed, step))
             idx = torch.randint(len(data_dev), (cfg.batch,), generator=g)
             x = data_dev[idx.to(dev)]
@@ -216,16 +202,8 @@ def train_deblur_net(cfg: DeblurTrainConfig, *, data: Tensor | None = None,
             with autocast(cfg.precision, dev):
                 pred = model(y)
             loss = (pred.float() - x).abs().mean()
-            if not torch.isfinite(loss):
-                checkpoint()  # raises when the weights are to blame: those are not saved
-                raise NonFiniteError(f"loss became {loss.item()} at step {step}; the state "
-                                     f"before it is saved in {ckpt_path} (step {step})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            ema.update(model)
+            check_loss(loss, step, checkpoint, ckpt_path)
+            optimiser_step(loss, model, opt, ema, cfg.grad_clip)
             step += 1
             losses.append(loss.item())
             bar.update(1)
@@ -234,14 +212,10 @@ def train_deblur_net(cfg: DeblurTrainConfig, *, data: Tensor | None = None,
                 sps = (now - t_last) / max(step - n_last, 1)
                 mean = sum(losses) / len(losses)
                 bar.set_postfix(l1=f"{mean:.4f}", s_step=f"{sps:.2f}")
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": step, "l1": mean, "lr": learning_rate(
-                        cfg, step - 1), "s_per_step": sps, "time": now}) + "\n")  # type: ignore[arg-type]
+                append_log(log_path, {"step": step, "l1": mean, "lr": learning_rate(cfg, step - 1),
+                                      "s_per_step": sps, "time": now})
                 t_last, n_last, losses = now, step, []
-            if step % cfg.ckpt_every == 0 or step == end or stop["stop"]:
-                checkpoint()
-            if stop["stop"]:
-                bar.write(f"stopped by a signal at step {step}; checkpoint written: {ckpt_path}")
+            if end_of_step(step, end, cfg.ckpt_every, stop["stop"], checkpoint, bar, ckpt_path):
                 break
     bar.close()
     return ckpt_path

@@ -32,9 +32,11 @@ import platform
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -50,10 +52,15 @@ from diffinv.learn.ema import EMA
 from diffinv.seeding import image_seed
 
 CHECKPOINT = "checkpoint.pt"
+LOG = "train_log.jsonl"
 
 
 @dataclass
-class TrainConfig:
+class OptimConfig:
+    """The leading fields of the single-network trainers' configs (prior, autoencoder, deblurring
+    UNet): data set, run folder and the AdamW/EMA settings that :func:`learning_rate` and the
+    loops read. Subclasses override defaults in place and add their fields after these."""
+
     dataset: str = "fashion32"
     out: str = "runs/fashion32"
     steps: int = 10_000
@@ -65,6 +72,35 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
+
+    def check_optimiser(self, fraction: tuple[str, ...] = ("ema_decay",)) -> None:
+        """Refuse non-positive steps, batch or lr, a negative warm-up, or a weight decay, gradient
+        clip or ``fraction`` field out of its range (:func:`check_numbers`)."""
+        if self.steps < 1 or self.batch < 1 or self.lr <= 0 or self.warmup < 0:
+            raise DiffinvError("steps, batch and lr must be positive and warmup non-negative")
+        check_numbers(self, positive=("lr",), non_negative=("weight_decay", "grad_clip"),
+                      fraction=fraction)
+
+    def check_schedule(self, show_steps: bool = False) -> None:
+        """Refuse an ``lr_schedule`` other than constant or cosine and a ``decay_start`` outside
+        [0, steps) (the message gives ``steps`` where ``show_steps``)."""
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise DiffinvError(f"lr_schedule must be 'constant' or 'cosine', got "
+                               f"{self.lr_schedule!r}")
+        if not 0 <= self.decay_start < self.steps:
+            bound = f" = [0, {self.steps})" if show_steps else ""
+            raise DiffinvError(f"decay_start must lie in [0, steps){bound}, got {self.decay_start}")
+
+
+def check_train_images(train_images: object) -> None:
+    """Refuse a ``train_images`` count (the first N training images; 0: all) that is not an
+    integer >= 0."""
+    if isinstance(train_images, bool) or not isinstance(train_images, int) or train_images < 0:
+        raise DiffinvError(f"train_images must be an integer >= 0, got {train_images!r}")
+
+
+@dataclass
+class TrainConfig(OptimConfig):
     seed: int = 0
     ckpt_every: int = 250
     log_every: int = 25
@@ -85,23 +121,13 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch < 1 or self.lr <= 0 or self.warmup < 0:
-            raise DiffinvError("steps, batch and lr must be positive and warmup non-negative")
-        check_numbers(self, positive=("lr",), non_negative=("weight_decay", "grad_clip"),
-                      fraction=("ema_decay",))
+        self.check_optimiser()
         check_numbers(self.unet, fraction=("dropout",), where="unet ")
         mults = self.unet.get("channel_mults", [1, 2, 2])
         if not mults or any(isinstance(m, bool) or not isinstance(m, int) or m < 1
                             for m in mults):
             raise DiffinvError(f"unet channel_mults must be one or more integers >= 1, got {mults}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise DiffinvError(
-                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
-            )
-        if not 0 <= self.decay_start < self.steps:
-            raise DiffinvError(
-                f"decay_start must lie in [0, steps) = [0, {self.steps}), got {self.decay_start}"
-            )
+        self.check_schedule(show_steps=True)
         if self.precision not in PRECISIONS:
             raise DiffinvError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.objective not in ("eps", "flow"):
@@ -110,12 +136,10 @@ class TrainConfig:
             from diffinv.flow.training import check_source_config
 
             check_source_config(self.source)
-        if isinstance(self.train_images, bool) or not isinstance(self.train_images, int) \
-                or self.train_images < 0:
-            raise DiffinvError(f"train_images must be an integer >= 0, got {self.train_images!r}")
+        check_train_images(self.train_images)
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
+def learning_rate(cfg: OptimConfig, step: int) -> float:
     """lr at ``step``: ``lr * w(step) * c(step)`` with the linear warm-up ``w = min(1, (step+1)/warmup)``
     and, for "cosine", ``c = 0.1 + 0.45 (1 + cos(pi f))``, ``f = clip((step - decay_start) /
     (steps - decay_start), 0, 1)`` (``c = 1`` for "constant")."""
@@ -232,7 +256,7 @@ def check_run_folder(out: str | Path, trainer: str, state_keys: tuple[str, ...],
     JSON object holding ``config_keys``; anything else raises :class:`DiffinvError`.
     """
     out = check_output_folder(out, replace=False)
-    for name in (CHECKPOINT, "config.json", "train_log.jsonl"):
+    for name in (CHECKPOINT, "config.json", LOG):
         if (out / name).exists() and not (out / name).is_file():
             raise DiffinvError(f"{out / name} is not a file; the run folder of {trainer} keeps "
                                f"its {name} there: use another --out folder")
@@ -267,6 +291,65 @@ def diverged(step: int, ckpt_path: Path, saved_step: int | None) -> NonFiniteErr
             else "no checkpoint was written")
     return NonFiniteError(f"training diverged: the weights became non-finite (NaN/Inf) at step "
                           f"{step} and were not saved (try a lower --lr); {last}")
+
+
+# The steps the training loops share (train-prior, -autoencoder, -deblur-net, -davi).
+def resume(state: dict, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA) -> int:
+    """Load a checkpoint's ``"model"``, ``"opt"`` and ``"ema"`` states; returns its step."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    ema.load_state_dict(state["ema"])
+    return int(state["step"])
+
+
+def append_log(log_path: Path, row: dict[str, Any]) -> None:
+    """Append ``row`` as one JSON line to the run's log."""
+    with open(log_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def start_log(out: Path, cfg: Any, step: int, **extra: Any) -> Path:
+    """Create run folder ``out``, write its ``config.json`` (the dataclass ``cfg``) and append
+    the ``{"event": "start"}`` line (``extra`` before the config) to its log; returns the log."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    append_log(out / LOG, {"event": "start", "step": step, "time": time.time(), **extra,
+                           "config": asdict(cfg)})
+    return out / LOG
+
+
+def optimiser_step(loss: torch.Tensor, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA,
+                   grad_clip: float) -> None:
+    """Back-propagate ``loss``, clip the gradient norm to ``grad_clip`` (0: no clipping), step
+    ``opt`` and update the EMA of ``model``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    ema.update(model)
+
+
+def check_loss(loss: torch.Tensor, step: int, checkpoint: Callable[[], None],
+               ckpt_path: Path | None) -> None:
+    """A non-finite ``loss`` at ``step``: ``checkpoint()`` the state before it (which raises
+    :func:`diverged` when the weights are to blame), then raise, naming ``ckpt_path`` if given."""
+    if not torch.isfinite(loss):
+        checkpoint()
+        saved = (f"; the state before it is saved in {ckpt_path} (step {step})"
+                 if ckpt_path is not None else "")
+        raise NonFiniteError(f"loss became {loss.item()} at step {step}{saved}")
+
+
+def end_of_step(step: int, end: int, ckpt_every: int, stop: bool,
+                checkpoint: Callable[[], None], bar: Any, ckpt_path: Path) -> bool:
+    """After a finished ``step``: ``checkpoint()`` every ``ckpt_every`` steps, at the run's
+    ``end`` and on a ``stop`` request; returns ``stop`` (said on the progress ``bar``)."""
+    if step % ckpt_every == 0 or step == end or stop:
+        checkpoint()
+    if stop:
+        bar.write(f"stopped by a signal at step {step}; checkpoint written: {ckpt_path}")
+    return stop
 
 
 def train_prior(
@@ -334,10 +417,7 @@ def train_prior(
                 f"{ckpt_path} was trained with another network/schedule/data set; "
                 "use another --out folder"
             )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        ema.load_state_dict(state["ema"])
-        step = saved_step = int(state["step"])
+        step = saved_step = resume(state, model, opt, ema)
         del state
     net: nn.Module = model
     if ddp.active:
@@ -345,13 +425,9 @@ def train_prior(
             model, device_ids=[dev.index] if dev.type == "cuda" else None
         )
     data_dev = data.to(dev)
-    log_path = out / "train_log.jsonl"
+    log_path = out / LOG
     if ddp.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        with open(log_path, "a") as f:
-            event = {"event": "start", "step": step, "time": time.time(), "config": asdict(cfg)}
-            f.write(json.dumps(event) + "\n")
+        start_log(out, cfg, step)
     end = cfg.steps if max_steps_this_run is None else min(cfg.steps, step + max_steps_this_run)
     bar = tqdm(
         total=cfg.steps,
@@ -394,16 +470,8 @@ def train_prior(
                 x0 = data_dev[idx[sl].to(dev)]
                 with autocast(cfg.precision, dev):
                     loss = diffusion_loss(net, schedule, x0, t[sl], noise[sl].to(dev))
-            if not torch.isfinite(loss):
-                checkpoint()  # raises when the weights are to blame: those are not saved
-                raise NonFiniteError(f"loss became {loss.item()} at step {step}; the state "
-                                     f"before it is saved in {ckpt_path} (step {step})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            ema.update(model)
+            check_loss(loss, step, checkpoint, ckpt_path)
+            optimiser_step(loss, model, opt, ema, cfg.grad_clip)
             step += 1
             losses.append(loss.item())
             bar.update(1)
@@ -413,25 +481,12 @@ def train_prior(
                 mean_loss = sum(losses) / len(losses)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
                 if ddp.main:
-                    with open(log_path, "a") as f:
-                        f.write(
-                            json.dumps(
-                                {
-                                    "step": step,
-                                    "loss": mean_loss,
-                                    "lr": learning_rate(cfg, step - 1),
-                                    "images_per_s": ips,
-                                    "time": now,
-                                }
-                            )
-                            + "\n"
-                        )
+                    append_log(log_path, {"step": step, "loss": mean_loss,
+                                          "lr": learning_rate(cfg, step - 1),
+                                          "images_per_s": ips, "time": now})
                 t_last, n_last, losses = now, step, []
-            stop_now = _agreed(stop["stop"], ddp, dev)
-            if step % cfg.ckpt_every == 0 or step == end or stop_now:
-                checkpoint()
-            if stop_now:
-                bar.write(f"stopped by a signal at step {step}; checkpoint written: {ckpt_path}")
+            if end_of_step(step, end, cfg.ckpt_every, _agreed(stop["stop"], ddp, dev),
+                           checkpoint, bar, ckpt_path):
                 break
     bar.close()
     if ddp.active:
