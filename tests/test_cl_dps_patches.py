@@ -437,3 +437,47 @@ def test_a_trained_key_tower_guides_cl_dps_and_refuses_the_spatial_energy(tmp_pa
     with pytest.raises(DiffinvError, match="feature maps"):
         make_solver("cl-dps", encoder=str(path), steps=2, energy="spatial")(m.y, m.public(),
                                                                             toy_prior)
+
+
+def test_mix_hard_negatives_are_the_image_with_a_little_of_the_previous_one():
+    """``"mix"``: the window of ``(1 - a) x_i + a x_{i-1}``, ``a ~ U(0.05, 0.5)`` from a stream of
+    (seed, step), diffused with each positive's level and noise when matched."""
+    from diffinv.learn.moco import MIX_RANGE
+
+    cfg = LikelihoodConfig(batch=4, positives=2, crop=16, hard_negatives=("mix",),
+                           hard_noise="matched", seed=3)
+    fams = parse_families("motion")
+    x = _img(7, n=4).float()
+    _, gens, a, g = draw_batch(10, cfg, 2)
+    y, _ = random_measurements(x, fams, gens)
+    corners = draw_crops(cfg, g, 32)
+    noise = torch.randn(4, 2, 1, 16, 16, generator=g)
+    hk = hard_negative_inputs(cfg, g, 2, x, y, corners, fams, pos_a=a, pos_noise=noise)
+    assert hk.shape == (4, 2, 1, 1, 16, 16)
+    gm = torch.Generator().manual_seed(image_seed(image_seed(3, 2), -5))
+    w = MIX_RANGE[0] + (MIX_RANGE[1] - MIX_RANGE[0]) * torch.rand(4, generator=gm)
+    assert ((w >= 0.05) & (w <= 0.5)).all()
+    mixed = (1 - w.reshape(4, 1, 1, 1)) * x + w.reshape(4, 1, 1, 1) * x[[3, 0, 1, 2]]
+    win = crop_windows(mixed, corners, 16)
+    for j in range(2):
+        aj = a[:, j].reshape(4, 1, 1, 1)
+        want = aj.sqrt() * win + (1 - aj).sqrt() * noise[:, j]
+        assert torch.allclose(hk[:, j, 0], want, atol=1e-6)
+    with pytest.raises(DiffinvError, match="hard_negatives must be distinct names"):
+        LikelihoodConfig(hard_negatives=("mix", "mixup")).validate()
+
+
+def test_a_shipped_encoder_is_found_by_name_and_a_file_of_that_name_wins(tmp_path, monkeypatch):
+    from diffinv.guidance import contrastive
+
+    train_likelihood(_cfg(tmp_path / "run"), data=_data(), progress=False)
+    path = export_likelihood(tmp_path / "run" / "checkpoint.pt", tmp_path / "enc.safetensors",
+                             command="test", prior="toy")
+    monkeypatch.setattr(contrastive, "embedded_encoders", lambda: {"toy-crop16": path})
+    prior = SimpleNamespace(name="toy", image_shape=(1, 32, 32))
+    q, _, card = contrastive.load_likelihood("toy-crop16", prior)
+    assert q.config.image_size == 16 and card["command"] == "test"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy-crop16").write_bytes(b"not an encoder")
+    with pytest.raises(DiffinvError):  # the file in the working folder is read, and refused
+        contrastive.load_likelihood("toy-crop16", prior)

@@ -55,8 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "window of x diffused); the encoder's input size; 0: the whole image")
     p.add_argument("--hard-negatives", default="",
                    help="our extension (not the paper's): comma-separated per-query negative keys, "
-                   "'y' (the measurement itself) and/or 'reblur' (another random measurement of "
-                   "the same image), diffused like the positives")
+                   "among 'y' (the measurement itself), 'reblur' (another random measurement of "
+                   "the same image) and 'mix' (the clean image with 5-50%% of another image), "
+                   "diffused like the positives")
     p.add_argument("--hard-noise", choices=("own", "matched"), default="own",
                    help="hard negatives diffused to their own random level (own) or with each "
                    "positive's level and noise (matched: they differ from it by content alone)")

@@ -50,9 +50,12 @@ def load_likelihood(encoder: str | Path | None, prior: Any,
                     device: str | torch.device = "cpu"
                     ) -> tuple[ContrastiveEncoder, ContrastiveEncoder, dict[str, Any]]:
     """The encoders for ``prior``: ``encoder=None`` takes the one shipped for the prior's name,
-    otherwise a file path. An encoder trained for another prior, or for other images (channels,
-    size), is refused naming both."""
+    otherwise the name of a shipped encoder (:func:`embedded_encoders`, e.g. ``"fashion32-crop16"``)
+    or a file path (an existing file wins over a shipped name). An encoder trained for another
+    prior, or for other images (channels, size), is refused naming both."""
     name = str(getattr(prior, "name", ""))
+    if isinstance(encoder, str) and not Path(encoder).exists() and encoder in embedded_encoders():
+        encoder = embedded_encoders()[encoder]
     if encoder is None:
         shipped = embedded_encoders()
         if name not in shipped:

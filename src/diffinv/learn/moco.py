@@ -34,7 +34,11 @@ Options beyond the snapshot (all off by default, so a run without them is the on
 * **hard negatives** (``hard_negatives``; *our extension, not in the paper or the snapshot*): per
   query, extra negative keys that enter only that query's denominator (they are not enqueued):
   ``"y"``, the query's own measurement window through the key encoder, and ``"reblur"``, the same
-  window of another random blind measurement of the same clean image; each diffused to its own
+  window of another random blind measurement of the same clean image, and ``"mix"``, the same
+  window of ``(1 - a) x_i + a x_{i-1}`` (a little of the batch's previous image, ``a ~ U(0.05,
+  0.5)``): a negative close to the truth, so that the critic must resolve detail finer than what
+  tells one image from another (InfoNCE against other images alone is satisfied once the image is
+  identified, and its critic is then flat around the truth); each diffused to its own
   random level ``a ~ U(key_abar_min, 1)`` like the positives, so the noise level tells nothing.
   With the momentum encoder alone ``f_k(y)`` tends to score above ``f_k(x)`` for the query ``y``
   (the key of the measurement looks most like the measurement), which makes the guidance pull
@@ -112,7 +116,9 @@ from diffinv.seeding import image_generators, image_seed
 
 CHECKPOINT = "checkpoint.pt"
 #: kinds of per-query hard negative keys (our extension; module docstring)
-HARD_NEGATIVES = ("y", "reblur")
+HARD_NEGATIVES = ("y", "reblur", "mix")
+#: range of the weight a of the other image in a "mix" hard negative (1 - a) x + a x'
+MIX_RANGE = (0.05, 0.5)
 #: how the key encoder is made: MoCo's momentum copy of the query encoder, or trained (ours)
 KEY_TOWERS = ("momentum", "trained")
 
@@ -136,7 +142,7 @@ class LikelihoodConfig:
     sigma_max: float = 0.05
     key_abar_min: float = 0.0  # positives' noise level a ~ U(key_abar_min, 1) (snapshot: 0)
     crop: int = 0  # train on S x S windows (0: the whole image)
-    hard_negatives: tuple[str, ...] = ()  # our extension: "y" and/or "reblur" (module doc)
+    hard_negatives: tuple[str, ...] = ()  # our extension: "y", "reblur", "mix" (module doc)
     hard_noise: str = "own"  # hard keys diffused at their own level, or "matched" to each positive
     key_tower: str = "momentum"  # or "trained": a key encoder of its own (our extension; module doc)
     precision: str = "fp32"  # or "bf16" (autocast of the encoders' forward passes)
@@ -292,6 +298,12 @@ def hard_negative_inputs(cfg: LikelihoodConfig, g: torch.Generator, step: int, x
     for name in cfg.hard_negatives:
         if name == "y":
             src = y
+        elif name == "mix":  # the clean image with a little of another one: (1 - a) x + a x'
+            gm = torch.Generator().manual_seed(image_seed(image_seed(cfg.seed, step), -5))
+            lo, hi = MIX_RANGE
+            w = (lo + (hi - lo) * torch.rand(cfg.batch, generator=gm))[rows]
+            w = w.to(x.dtype).reshape(-1, 1, 1, 1)
+            src = (1 - w) * x + w * x.roll(1, 0)
         else:  # "reblur": another blind measurement of the same clean image
             gens = image_generators(image_seed(image_seed(cfg.seed, step), -2),
                                     range(cfg.batch))[rows]
