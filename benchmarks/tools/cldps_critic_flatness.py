@@ -40,12 +40,6 @@ ENCODERS = {  # label -> (encoder, energy, scale)
 FAMILIES = ("blind-rotation-blur", "blind-zoom-blur")
 
 
-def psnr(a, b) -> float:
-    import torch
-
-    return float((10 * torch.log10(4 / ((a - b) ** 2).mean((1, 2, 3)))).mean())
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=8)
@@ -57,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffinv import load_prior
     from diffinv.data import load_split
     from diffinv.guidance.contrastive import ContrastiveEnergy, load_likelihood
+    from diffinv.metrics.psnr import psnr
     from diffinv.physics import make_operator, measure
     from diffinv.solvers import make_solver
 
@@ -82,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                      (("truth", x), ("y", m.y), ("mix10", mix), ("output", out))}
                 s["other"] = float(torch.stack([crit.similarity(o.expand_as(x))
                                                 for o in others[:, None]]).mean())
-            rows.append((label, fam, energy, scale, s, psnr(out, x), psnr(m.y, x), psnr(mix, x)))
+            rows.append((label, fam, energy, scale, s, *(float(psnr(u, x).mean())
+                                                          for u in (out, m.y, mix))))
             print(label, fam, s, file=sys.stderr)
     cmd = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     lines = ["# CL-DPS critic around the truth (fashion32 validation images)", "",

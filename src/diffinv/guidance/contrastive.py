@@ -54,10 +54,10 @@ def load_likelihood(encoder: str | Path | None, prior: Any,
     or a file path (an existing file wins over a shipped name). An encoder trained for another
     prior, or for other images (channels, size), is refused naming both."""
     name = str(getattr(prior, "name", ""))
-    if isinstance(encoder, str) and not Path(encoder).exists() and encoder in embedded_encoders():
-        encoder = embedded_encoders()[encoder]
+    shipped = embedded_encoders()
+    if isinstance(encoder, str) and not Path(encoder).exists() and encoder in shipped:
+        encoder = shipped[encoder]
     if encoder is None:
-        shipped = embedded_encoders()
         if name not in shipped:
             raise DiffinvError(
                 f"no contrastive encoder is shipped for prior {name!r} (shipped: "

@@ -132,6 +132,18 @@ def unpack_blind(solver: Any, y: Tensor, physics: Any, prior: Any) -> BlindProbl
     return bp
 
 
+def circular_start_problem(solver: Any, y: Tensor, physics: Any, prior: Any,
+                           needs: str) -> KernelProblem:
+    """:func:`unpack_blind` for the solvers whose kernel step is an FFT closed form: refuses a
+    family whose boundary is not circular (``needs`` says why, in the solver's words) and returns
+    the non-blind problem of the identity kernel they start from."""
+    bb = unpack_blind(solver, y, physics, prior)
+    if bb.boundary != "circular":
+        raise DiffinvError(f"solver {solver.name!r} {needs}; this family's boundary is "
+                           f"{bb.boundary!r}")
+    return bb.problem(delta_kernel(y.shape[0], bb.kernel_size, device=y.device, dtype=y.dtype))
+
+
 class KernelDivergedError(SolverDivergedError):
     """A kernel estimate became NaN/Inf. ``images`` lists the batch positions concerned; the
     solver stops (the run is not a result) and ``last_finite`` holds the image iterate before the

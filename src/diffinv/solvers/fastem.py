@@ -58,7 +58,12 @@ from torch import Tensor
 
 from diffinv.errors import DiffinvError
 from diffinv.physics.blur import kernel_spectrum
-from diffinv.solvers._blind import BLIND_NEEDS, check_kernel_finite, delta_kernel, unpack_blind
+from diffinv.solvers._blind import (
+    BLIND_NEEDS,
+    check_kernel_finite,
+    circular_start_problem,
+    delta_kernel,
+)
 from diffinv.solvers._common import Problem, gaussian_sigma, operator_svd
 from diffinv.solvers.base import register_solver
 from diffinv.solvers.interleave import Context, Interleaved, Step
@@ -149,12 +154,8 @@ class FastEM(Interleaved):
         self.scale, self.recentre, self.denoiser = float(scale), bool(recentre), denoiser
 
     def unpack(self, y: Tensor, physics: Any, prior: Any) -> Problem:
-        bb = unpack_blind(self, y, physics, prior)
-        if bb.boundary != "circular":
-            raise DiffinvError(f"solver {self.name!r} needs the exact FFT SVD of a circular blur;"
-                               f" this family's boundary is {bb.boundary!r}")
-        return bb.problem(delta_kernel(y.shape[0], bb.kernel_size, device=y.device,
-                                       dtype=y.dtype))
+        return circular_start_problem(self, y, physics, prior,
+                                      "needs the exact FFT SVD of a circular blur")
 
     def prepare(self, ctx: Context) -> None:
         from diffinv.learn.kernel_denoiser import load_kernel_denoiser

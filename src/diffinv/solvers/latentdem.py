@@ -35,7 +35,11 @@ import torch
 from torch import Tensor
 
 from diffinv.errors import DiffinvError
-from diffinv.solvers._blind import BLIND_NEEDS, check_kernel_finite, delta_kernel, unpack_blind
+from diffinv.solvers._blind import (
+    BLIND_NEEDS,
+    check_kernel_finite,
+    circular_start_problem,
+)
 from diffinv.solvers._common import gaussian_sigma
 from diffinv.solvers._latent import LATENT_NEEDS, LatentGuided, latent_norm, residual_norm
 from diffinv.solvers.base import register_solver
@@ -83,12 +87,8 @@ class LatentDEM(LatentGuided):
         self.recentre, self.denoiser = bool(recentre), denoiser
 
     def unpack(self, y: Tensor, physics: Any, prior: Any) -> Any:
-        bb = unpack_blind(self, y, physics, prior)
-        if bb.boundary != "circular":
-            raise DiffinvError(f"solver {self.name!r} models circular blur (its M-step is an FFT "
-                               f"closed form); this family's boundary is {bb.boundary!r}")
-        return bb.problem(delta_kernel(y.shape[0], bb.kernel_size, device=y.device,
-                                       dtype=y.dtype))
+        return circular_start_problem(self, y, physics, prior,
+                                      "models circular blur (its M-step is an FFT closed form)")
 
     def prepare_run(self, ctx: dict[str, Any]) -> None:
         from diffinv.learn.kernel_denoiser import load_kernel_denoiser
