@@ -389,3 +389,29 @@ def test_val_abars_is_a_usage_error(value, tmp_path, capsys):
               "--val-abars", value])
     assert e.value.code == 2 and "noise levels in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("cmd", TRAINERS + ("train-autoencoder",))
+def test_trainers_cap_threads_at_the_machines_cores(cmd, tmp_path, capsys, monkeypatch):
+    """``--threads`` of every trainer is the shared option that :func:`diffinv.cli.main` caps at
+    ``os.cpu_count()`` (with a warning); no trainer sets torch's count again uncapped. The run is
+    stopped by a refused ``--export`` right after the threads are set."""
+    import os
+
+    before = torch.get_num_threads()
+    (tmp_path / "x.json").write_text("{}")
+    (tmp_path / "exp").mkdir()
+    for name in ("ae-fashion32", "fashion32", "deblur-unet-fashion32", "davi-fashion32-sr-avgpool"):
+        (tmp_path / "exp" / f"{name}.json").write_text("{}")
+    key = "--prior" if cmd in ("train-likelihood", "train-davi") else "--dataset"
+    export = str(tmp_path / ("x" if cmd == "train-likelihood" else "exp"))
+    argv = [cmd, key, "fashion32", "--out", str(tmp_path / "run"), "--threads", "100000",
+            "--export", export, *(["--task", "sr4"] if cmd == "train-davi" else [])]
+    try:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert "exceeds the" in err, err
+        assert torch.get_num_threads() <= (os.cpu_count() or 1)
+        assert code == 1 and "exists" in err, err
+    finally:
+        torch.set_num_threads(before)

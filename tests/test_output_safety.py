@@ -258,3 +258,36 @@ def test_measure_announces_a_whole_split(sandbox, capsys, monkeypatch):
     assert "every image of the split" in capsys.readouterr().err
     assert main(["measure", "--dataset", "fashion32:test:0-1", "--op", "identity", "-o", "v"]) == 0
     assert "every image" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- single output files
+def test_sample_never_replaces_an_existing_file_unasked(sandbox, capsys):
+    """``sample -o FILE`` / ``--tensor FILE``: an existing file (a user's, or an earlier grid) is
+    refused, byte for byte unchanged, unless ``--overwrite``."""
+    (sandbox / "grid.png").write_bytes(b"a user's picture")
+    (sandbox / "t.safetensors").write_bytes(b"a user's tensors")
+    before = snapshot(sandbox)
+    small = ["sample", "-n", "1", "--steps", "2", "--batch", "1"]
+    err = refused(small + ["-o", "grid.png"], capsys)
+    assert "grid.png exists" in err and "--overwrite" in err
+    err = refused(small + ["-o", "new.png", "--tensor", "t.safetensors"], capsys)
+    assert "t.safetensors exists" in err
+    assert snapshot(sandbox) == before
+    assert main(small + ["-o", "grid.png", "--overwrite"]) == 0
+    assert (sandbox / "grid.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_trainers_never_replace_an_existing_export_unasked(sandbox, capsys):
+    """``--export``: existing export files are refused before training unless ``--overwrite``."""
+    (sandbox / "exp").mkdir()
+    (sandbox / "exp" / "ae-fashion32.json").write_text("a user's card\n")
+    before = snapshot(sandbox)
+    err = refused(["train-autoencoder", "--dataset", "fashion32", "--out", "run", "--steps", "1",
+                   "--export", "exp"], capsys)
+    assert "ae-fashion32.json exists" in err and "--overwrite" in err
+    assert snapshot(sandbox) == before
+    (sandbox / "enc.json").write_text("a user's card\n")
+    err = refused(["train-likelihood", "--prior", "fashion32", "--out", "run", "--steps", "1",
+                   "--export", "enc"], capsys)
+    assert "enc.json exists" in err
+    assert snapshot(sandbox) == before | {"enc.json": snapshot(sandbox)["enc.json"]}

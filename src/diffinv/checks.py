@@ -184,12 +184,18 @@ def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False,
     return out
 
 
-def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...] = ()) -> Path:
-    """Check, before any work, that file ``path`` can be written (an existing file is replaced);
-    ``suffixes`` (lower case, with the dot) limits its extension. Creates nothing."""
+def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...] = (), *,
+                      overwrite: bool, option: str = "--overwrite") -> Path:
+    """Check, before any work, that file ``path`` can be written; ``suffixes`` (lower case, with
+    the dot) limits its extension. An existing file is refused unless ``overwrite`` (the error
+    names ``option``, the flag that allows it), so a command never replaces a user's file
+    unasked. Creates nothing."""
     out = Path(path)
     if out.is_dir():
         raise DiffinvError(f"output file {out} is a folder, not a file")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise DiffinvError(f"output file {out} exists; give {option} to replace it (or "
+                           "choose another name)")
     if suffixes and out.suffix.lower() not in suffixes:
         raise DiffinvError(f"output file {out} must end in {' or '.join(suffixes)}")
     blocker = _first_non_folder(out)

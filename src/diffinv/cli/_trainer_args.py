@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from diffinv.cli import fraction, non_negative_int, positive_float, positive_int
+from diffinv.cli import add_threads_option, fraction, non_negative_int, positive_float, positive_int
 
 #: the ``--ema-decay`` help of the trainers that export the EMA weights
 EMA_HELP = "decay of the exponential moving average of the weights (what is exported)"
@@ -49,11 +49,13 @@ def add_run_options(p: argparse.ArgumentParser, *, ckpt_every: int, export_help:
     DIR`` (a folder, described by ``export_help``): how a run is carried out and exported."""
     p.add_argument("--ckpt-every", type=positive_int, default=ckpt_every,
                    help="write the checkpoint every this many steps")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_threads_option(p)
     p.add_argument("--device", default=None, help=device_help)
     p.add_argument("--max-steps-this-run", type=positive_int, default=None,
                    help="stop after this many steps (checkpointed); rerun to continue")
     p.add_argument("--export", metavar="DIR", default=None, help=export_help)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the --export files if they exist (refused otherwise)")
 
 
 def schedule_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -66,20 +68,16 @@ def schedule_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def start_run(args: argparse.Namespace,
               export_name: Callable[[str], str] = lambda name: name) -> tuple[str, str]:
-    """Apply ``--threads``, check ``--dataset`` and refuse an ``--export`` that could not be
+    """Check ``--dataset`` and refuse an ``--export`` that could not be
     written, before any data loads: (the data set's name, the export's file name, which
     ``export_name`` makes of the data set's)."""
-    import torch
-
     from diffinv.cli import training_data_set
     from diffinv.learn.checkpoint import check_export
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     name = training_data_set(args.dataset)
     stem = export_name(name)
     if args.export:
-        check_export(args.export, stem)
+        check_export(args.export, stem, overwrite=args.overwrite)
     return name, stem
 
 

@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=64, help="images per network call")
     p.add_argument("--tensor", default=None, metavar="FILE.safetensors",
                    help="also save the exact samples as safetensors (not the -o file)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace -o / --tensor if they exist (refused otherwise)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1 ...")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="network arithmetic: bf16 = bfloat16 autocast, faster on CPUs with AVX512-BF16 "
@@ -48,18 +50,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def check_outputs(output: str, tensor: str | None) -> None:
-    """``-o`` a writable ``.png``; ``--tensor`` a writable ``.safetensors`` that is not ``-o``."""
+def check_outputs(output: str, tensor: str | None, overwrite: bool = False) -> None:
+    """``-o`` a writable ``.png``; ``--tensor`` a writable ``.safetensors`` that is not ``-o``;
+    an existing file only with ``overwrite``."""
     from diffinv.checks import check_output_file
     from diffinv.errors import DiffinvError
 
-    check_output_file(output, (".png",))
+    check_output_file(output, (".png",), overwrite=overwrite)
     if tensor:
         t, o = Path(tensor), Path(output)
         if t.resolve() == o.resolve() or (t.exists() and o.exists() and os.path.samefile(t, o)):
             raise DiffinvError(f"--tensor {tensor} and -o {output} are the same file; the PNG grid "
                                "and the safetensors samples need two files")
-        check_output_file(tensor, (".safetensors",))
+        check_output_file(tensor, (".safetensors",), overwrite=overwrite)
 
 
 def _temporary(target: Path) -> tuple[Path, object]:
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from diffinv.seeding import image_generators
     from diffinv.streams import GridPNGStream, TensorStream
 
-    check_outputs(args.output, args.tensor)
+    check_outputs(args.output, args.tensor, args.overwrite)
     check_device(args.device, "--device")
     prior = load_prior(args.prior, device=args.device, precision=args.precision)
     shape = tuple(prior.image_shape)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffinv.cli import fraction, non_negative_float, positive_float, positive_int
+from diffinv.cli import add_threads_option, fraction, non_negative_float, positive_float, positive_int
 
 HELP = "train or resume DAVI's amortised one-step posterior sampler for one task"
 
@@ -66,13 +66,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write the checkpoint every this many steps")
     p.add_argument("--log-every", type=positive_int, default=10,
                    help="append a line to train_log.jsonl every this many steps")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_threads_option(p)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
     p.add_argument("--max-steps-this-run", type=positive_int, default=None,
                    help="stop after this many steps (checkpointed); rerun to continue")
     p.add_argument("--export", metavar="DIR", default=None,
                    help="a folder: when done, export the EMA generator into it as "
                    "DIR/davi-PRIOR-OPERATOR.safetensors + .json (the card)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the --export files if they exist (refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -81,15 +83,11 @@ def run(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
-    import torch
-
     from diffinv.learn.checkpoint import check_export
     from diffinv.learn.davi_trainer import DaviConfig, export_davi, export_name, train_davi
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.export:
-        check_export(args.export, export_name(args.prior, args.task))
+        check_export(args.export, export_name(args.prior, args.task), overwrite=args.overwrite)
     cfg = DaviConfig(prior=args.prior, task=args.task, out=args.out, steps=args.steps,
                      batch=args.batch, lr=args.lr, s_lr=args.s_lr, d_lr=args.d_lr,
                      ema_decay=args.ema_decay, t_ikl=args.t_ikl, weight_con=args.weight_con,

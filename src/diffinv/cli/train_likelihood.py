@@ -6,6 +6,7 @@ import argparse
 import shlex
 
 from diffinv.cli import (
+    add_threads_option,
     fraction,
     non_negative_float,
     non_negative_int,
@@ -92,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run seed: the initial weights and the draws of every step derive from it")
     p.add_argument("--ckpt-every", type=positive_int, default=100,
                    help="write the checkpoint every this many steps")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_threads_option(p)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
     p.add_argument("--max-steps-this-run", type=positive_int, default=None,
                    help="stop after this many steps (checkpoint written); resume later")
@@ -100,28 +101,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a file stem (not a folder): after training, write the encoder file "
                    "FILE.safetensors and its card FILE.json (a trailing .safetensors is allowed; "
                    "FILE's folder is created)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the --export files if they exist (refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from diffinv.checks import check_output_file
     from diffinv.cli import training_data_set
     from diffinv.data import load_split
     from diffinv.learn.measurements import parse_families
     from diffinv.learn.moco import LikelihoodConfig, export_likelihood, train_likelihood
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     training_data_set(args.prior, "--prior")
     export = None
     if args.export:
         export = (args.export if args.export.endswith(".safetensors")
                   else args.export + ".safetensors")
-        check_output_file(export)
-        check_output_file(export.removesuffix(".safetensors") + ".json")
+        check_output_file(export, overwrite=args.overwrite)
+        check_output_file(export.removesuffix(".safetensors") + ".json", overwrite=args.overwrite)
     cfg = LikelihoodConfig(
         dataset=args.prior, out=args.out, families=parse_families(args.families),
         steps=args.steps, batch=args.batch, positives=args.positives, queue=args.queue,

@@ -49,11 +49,12 @@ def check_export_name(name: str, what: str = "export name") -> str:
     return name
 
 
-def check_export(folder: str | Path, name: str) -> Path:
+def check_export(folder: str | Path, name: str, *, overwrite: bool = False) -> Path:
     """Check, before any work, that ``folder/NAME.safetensors`` and ``folder/NAME.json`` can be
-    written (``name``: :func:`check_export_name`); returns the folder. Creates nothing."""
+    written (``name``: :func:`check_export_name`; existing files only with ``overwrite``);
+    returns the folder. Creates nothing."""
     check_export_name(name)
     out = check_output_folder(folder, replace=False)
     for suffix in (".safetensors", ".json"):
-        check_output_file(out / f"{name}{suffix}")
+        check_output_file(out / f"{name}{suffix}", overwrite=overwrite)
     return out
