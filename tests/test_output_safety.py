@@ -291,3 +291,17 @@ def test_trainers_never_replace_an_existing_export_unasked(sandbox, capsys):
                    "--export", "enc"], capsys)
     assert "enc.json exists" in err
     assert snapshot(sandbox) == before | {"enc.json": snapshot(sandbox)["enc.json"]}
+
+
+@pytest.mark.parametrize("existing", ["fashion32-latent.json",
+                                      "fashion32-latent-autoencoder.safetensors"])
+def test_a_latent_prior_export_checks_the_files_it_writes(sandbox, capsys, existing):
+    """``train-prior --latent AE --export DIR`` writes ``DATASET-latent.*`` and copies the
+    autoencoder as ``DATASET-latent-autoencoder.*``: each existing one is refused up front."""
+    (sandbox / "exp").mkdir()
+    (sandbox / "exp" / existing).write_text("a user's file\n")
+    before = snapshot(sandbox)
+    err = refused(["train-prior", "--dataset", "fashion32", "--latent", "ae.safetensors",
+                   "--out", "run", "--steps", "1", "--export", "exp"], capsys)
+    assert f"{existing} exists" in err
+    assert snapshot(sandbox) == before

@@ -44,18 +44,20 @@ def add_schedule_options(p: argparse.ArgumentParser, *, steps: int, batch: int, 
 
 
 def add_run_options(p: argparse.ArgumentParser, *, ckpt_every: int, export_help: str,
-                    device_help: str = DEVICE_HELP) -> None:
-    """``--ckpt-every``, ``--threads``, ``--device``, ``--max-steps-this-run`` and ``--export
-    DIR`` (a folder, described by ``export_help``): how a run is carried out and exported."""
+                    device_help: str = DEVICE_HELP, export_metavar: str = "DIR") -> None:
+    """``--ckpt-every``, ``--threads``, ``--device``, ``--max-steps-this-run``, ``--export``
+    (described by ``export_help``; ``export_metavar`` DIR for a folder, FILE for a file stem),
+    ``--overwrite`` and ``--no-progress``: how every trainer's run is carried out and exported."""
     p.add_argument("--ckpt-every", type=positive_int, default=ckpt_every,
                    help="write the checkpoint every this many steps")
     add_threads_option(p)
     p.add_argument("--device", default=None, help=device_help)
     p.add_argument("--max-steps-this-run", type=positive_int, default=None,
                    help="stop after this many steps (checkpointed); rerun to continue")
-    p.add_argument("--export", metavar="DIR", default=None, help=export_help)
+    p.add_argument("--export", metavar=export_metavar, default=None, help=export_help)
     p.add_argument("--overwrite", action="store_true",
                    help="replace the --export files if they exist (refused otherwise)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def schedule_config(args: argparse.Namespace) -> dict[str, Any]:

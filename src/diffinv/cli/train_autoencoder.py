@@ -35,7 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "as DIR/NAME.safetensors + DIR/NAME.json (with the latent scale_factor)")
     p.add_argument("--name", type=file_name, default=None,
                    help="export file name without folder or suffix (default: ae-DATASET)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 

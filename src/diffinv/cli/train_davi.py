@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from diffinv.cli import add_threads_option, fraction, non_negative_float, positive_float, positive_int
+from diffinv.cli import fraction, non_negative_float, positive_float, positive_int
+from diffinv.cli._trainer_args import add_run_options
 
 HELP = "train or resume DAVI's amortised one-step posterior sampler for one task"
 
@@ -62,20 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="SR: y' = bilinear resize of y (official) or the avg-pool pseudo-inverse")
     p.add_argument("--seed", type=int, default=0,
                    help="run seed: the initial weights and the draws of every step derive from it")
-    p.add_argument("--ckpt-every", type=positive_int, default=100,
-                   help="write the checkpoint every this many steps")
     p.add_argument("--log-every", type=positive_int, default=10,
                    help="append a line to train_log.jsonl every this many steps")
-    add_threads_option(p)
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    p.add_argument("--max-steps-this-run", type=positive_int, default=None,
-                   help="stop after this many steps (checkpointed); rerun to continue")
-    p.add_argument("--export", metavar="DIR", default=None,
-                   help="a folder: when done, export the EMA generator into it as "
-                   "DIR/davi-PRIOR-OPERATOR.safetensors + .json (the card)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the --export files if they exist (refused otherwise)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(p, ckpt_every=100, export_help="a folder: when done, export the EMA "
+                    "generator into it as DIR/davi-PRIOR-OPERATOR.safetensors + .json (the card)")
     p.set_defaults(func=run)
 
 

@@ -36,7 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", type=file_name, default=None,
                    help="file name of the export in DIR, without a folder or suffix (default: "
                    "deblur-unet-DATASET)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 

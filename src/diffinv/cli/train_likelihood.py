@@ -6,7 +6,6 @@ import argparse
 import shlex
 
 from diffinv.cli import (
-    add_threads_option,
     fraction,
     non_negative_float,
     non_negative_int,
@@ -14,6 +13,7 @@ from diffinv.cli import (
     positive_int,
     positive_int_list,
 )
+from diffinv.cli._trainer_args import add_run_options
 
 HELP = "train or resume CL-DPS's contrastive (MoCo) likelihood encoder on random blind measurements"
 
@@ -91,19 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the momentum key encoder scores a measurement's own key above any clean image")
     p.add_argument("--seed", type=int, default=0,
                    help="run seed: the initial weights and the draws of every step derive from it")
-    p.add_argument("--ckpt-every", type=positive_int, default=100,
-                   help="write the checkpoint every this many steps")
-    add_threads_option(p)
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    p.add_argument("--max-steps-this-run", type=positive_int, default=None,
-                   help="stop after this many steps (checkpoint written); resume later")
-    p.add_argument("--export", metavar="FILE", default=None,
-                   help="a file stem (not a folder): after training, write the encoder file "
-                   "FILE.safetensors and its card FILE.json (a trailing .safetensors is allowed; "
-                   "FILE's folder is created)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the --export files if they exist (refused otherwise)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(p, ckpt_every=100, export_metavar="FILE", export_help="a file stem (not a "
+                    "folder): after training, write the encoder file FILE.safetensors and its "
+                    "card FILE.json (a trailing .safetensors is allowed; FILE's folder is created)")
     p.set_defaults(func=run)
 
 

@@ -66,12 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_options(p, ckpt_every=250, device_help="cpu, cuda, cuda:1 ... (default: cuda if "
                     "present)", export_help="a folder: when done, export the EMA weights into it "
                     "as DIR/<dataset>.safetensors + DIR/<dataset>.json (the folder is created; "
-                    "files of those names are replaced)")
+                    "existing files of those names only with --overwrite)")
     p.add_argument("--latent", metavar="AE", default=None,
                    help="an autoencoder export (diffinv train-autoencoder): train the diffusion "
                    "on its scaled latents; --export then writes a latent prior (the autoencoder "
                    "copied beside it)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -81,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     from diffinv.cli._trainer_args import schedule_config, start_run, train_and_export
     from diffinv.learn.trainer import TrainConfig, export_prior, train_prior
 
-    name, _ = start_run(args)
+    name, stem = start_run(args, lambda name: f"{name}-latent" if args.latent else name)
+    if args.latent and args.export:
+        _check_autoencoder_copy(args, stem)
     cfg = TrainConfig(
         dataset=name,
         out=args.out,
@@ -110,10 +111,23 @@ def run(args: argparse.Namespace) -> int:
         if args.latent:
             from diffinv.latent.training import export_latent_prior
 
-            return export_latent_prior(ckpt, args.latent, args.export, f"{name}-latent")
+            return export_latent_prior(ckpt, args.latent, args.export, stem)
         return export_prior(ckpt, args.export, name)
 
     return train_and_export(args, train_prior, cfg, export, data=data)
+
+
+def _check_autoencoder_copy(args: argparse.Namespace, stem: str) -> None:
+    """A latent export also copies the autoencoder beside it (``STEM-autoencoder.*``): refuse,
+    before training, to replace such existing files without ``--overwrite`` (unless ``--latent``
+    already is that file)."""
+    from pathlib import Path
+
+    from diffinv.learn.checkpoint import check_export
+
+    copy = Path(args.export) / f"{stem}-autoencoder.safetensors"
+    if not (copy.exists() and copy.resolve() == Path(args.latent).resolve()):
+        check_export(args.export, f"{stem}-autoencoder", overwrite=args.overwrite)
 
 
 def _source(args: argparse.Namespace) -> dict:
