@@ -119,3 +119,22 @@ def test_a_non_finite_kernel_stops_with_a_clear_error():
     with pytest.raises(KernelDivergedError, match=r"image\(s\) \[1\]") as e:
         make_solver("fastem", steps=5, denoiser=nan_for_second)(m.y, m.public(), prior)
     assert e.value.step == 0 and torch.isfinite(e.value.last_kernel).all()
+
+
+def test_kernel_denoiser_trainer_refuses_an_existing_export_before_training(tmp_path, capsys,
+                                                                             monkeypatch):
+    """``python -m diffinv.learn.kernel_denoiser --export DIR`` never replaces DIR/NAME.* unasked:
+    refused (exit 1, one line) before any training step, the files unchanged."""
+    import diffinv.learn.kernel_denoiser as kd
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained before checking --export")
+
+    monkeypatch.setattr(kd, "train", trained)
+    (tmp_path / "kernel_dncnn9.json").write_text("a user's card\n")
+    code = kd.main(["--out", str(tmp_path / "run"), "--export", str(tmp_path),
+                    "--name", "kernel_dncnn9"])
+    err = capsys.readouterr().err
+    assert code == 1 and "kernel_dncnn9.json exists" in err and "--overwrite" in err, err
+    assert (tmp_path / "kernel_dncnn9.json").read_text() == "a user's card\n"
+    assert not (tmp_path / "run").exists()

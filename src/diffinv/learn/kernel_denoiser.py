@@ -186,19 +186,35 @@ def export(ckpt: Path, out_dir: Path, name: str, command: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m diffinv.learn.kernel_denoiser``: train (or resume) and optionally export. Bad
+    options and an ``--export`` that exists (without ``--overwrite``) are refused before
+    training, with one line on stderr and exit code 1; ``--threads`` is capped at the cores."""
+    from diffinv.cli import positive_float, positive_int
+    from diffinv.errors import DiffinvError
+    from diffinv.learn.checkpoint import check_export
+    from diffinv.resources import cap_threads
+
     p = argparse.ArgumentParser(description="train the FastEM kernel denoiser (DnCNN)")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, train_log.jsonl)")
     p.add_argument("--dataset", default="kernels9")
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--sigma-max", type=float, default=0.06)
+    p.add_argument("--steps", type=positive_int, default=4000)
+    p.add_argument("--batch", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--sigma-max", type=positive_float, default=0.06)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1, help="at most the machine's cores")
     p.add_argument("--export", metavar="DIR", default=None)
     p.add_argument("--name", default=DEFAULT_NAME)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the --export files if they exist (refused otherwise)")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
+    try:
+        if a.export:
+            check_export(a.export, a.name, overwrite=a.overwrite)
+    except DiffinvError as e:
+        print(f"kernel_denoiser: error: {e}", file=sys.stderr)
+        return 1
+    torch.set_num_threads(cap_threads(a.threads)[0])
     ckpt = train(Path(a.out), steps=a.steps, batch=a.batch, lr=a.lr, sigma_max=a.sigma_max,
                  seed=a.seed, dataset=a.dataset)
     if a.export:
