@@ -1,8 +1,10 @@
 """The docs site's reference pages (``diffinv.docs_gen``) cover every registered solver, operator,
 noise model, CLI sub-command and bench job kind; the "choosing a solver" pages show every row of
-the benchmark CSVs they are built from; the gallery page every committed picture; and the "Bring
-your own" page names only options and functions that exist. The generators are called directly:
-no mkdocs build here (``make docs`` builds the site)."""
+the benchmark CSVs they are built from; the gallery page every committed picture; the "Bring
+your own" page names only options and functions that exist; and the result pages (docs/papers/)
+quote every figure through a placeholder that ``diffinv.docs_figures`` reads from a committed
+CSV, JSONL or table. The generators are called directly: no mkdocs build here (``make docs``
+builds the site)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from diffinv import docs_bench, docs_gen
+from diffinv import docs_bench, docs_figures, docs_gen
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -324,3 +326,183 @@ def test_bring_your_own_python_names_exist():
             for attr in parts[i:]:
                 obj = getattr(obj, attr)
             break
+
+
+# ----------------------------------------------------------------- figures of the result pages
+PAPERS = sorted((ROOT / "docs" / "papers").glob("*.md"))
+PAPER_FIGURES = ROOT / "docs" / "paper_figures.csv"
+
+
+def _expand(markdown: str, page: str = "docs/papers/test.md") -> str:
+    return docs_figures.expand_figures(markdown, page=page, bench_dir=BENCH,
+                                       paper_figures=PAPER_FIGURES)
+
+
+@pytest.mark.parametrize("page", PAPERS, ids=lambda p: p.name)
+def test_every_placeholder_of_a_result_page_expands(page):
+    """Every ``{{ ... }}`` of a page in docs/papers/ expands from the committed files, to a
+    figure."""
+    text = page.read_text(encoding="utf-8")
+    found = list(docs_figures.PLACEHOLDER.finditer(text))
+    assert len(found) > 10, f"{page.name} quotes no figure through a placeholder"
+    for m in found:
+        shown = _expand(m.group(0), page=f"docs/papers/{page.name}")
+        assert re.search(r"\d", shown), f"{page.name}: {m.group(0)} renders {shown!r}"
+    out = _expand(text, page=f"docs/papers/{page.name}")
+    assert "{{" not in out and "}}" not in out
+
+
+#: a number that a result page measured: a number beside ``±``; a decimal number (signed or not); a
+#: number with a unit after it; a number after a metric's name (see the test's docstring)
+_UNITS = (r"dB|s/\w+|s per \w+|s\b|MiB|GiB|GB|MB|min\b|minutes?\b|hours?\b|CPU-hours?|"
+          r"images/s|FID points")
+_FIGURE = re.compile(
+    r"\d\s*±|±\s*\d"
+    r"|(?<![\w.])[+\-−]?\d+\.\d+(?![\d.])"  # a decimal, not a version (0.5.0) nor s0.01
+    rf"|(?<![\w.])[+\-−]?\d(?:[\d,]*\d)?(?:\.\d+)?\s*(?:{_UNITS})"
+    r"|(?<![\w.])\d(?:[\d,]*\d)?(?:\.\d+)?x(?!\w)"  # 2,500x (not 9x9, not x4)
+    r"|\b(?:PSNR|SSIM|ST-LPIPS|LPIPS|FID)\s*(?::|=|of|is)?\s*~?[+\-−]?\d")
+#: a decimal right after one of these words is a setting, not a result
+_SETTING = re.compile(r"(?:sigma|lambda|step|std from|lr|weight)\s*$")
+
+
+def hand_typed_figures(markdown: str) -> list[str]:
+    """The figures typed by hand into a page: what :data:`_FIGURE` finds once the placeholders,
+    code spans and link targets are removed, less the decimals that :data:`_SETTING` marks as
+    settings."""
+    text = docs_figures.strip_placeholders(markdown, mark="FIGURE")
+    text = re.sub(r"`[^`\n]*`", " ", text)
+    text = re.sub(r"\]\([^)]*\)", "]", text)
+    out = []
+    for m in _FIGURE.finditer(text):
+        if re.fullmatch(r"[+\-−]?\d+\.\d+", m.group()) and _SETTING.search(text[:m.start()]):
+            continue
+        out.append(text[max(0, m.start() - 30):m.end() + 10].replace("\n", " "))
+    return out
+
+
+def test_the_figure_rule_tells_figures_from_settings():
+    for figure in ("BlindDPS 24.2 ± 1.8 / 25.3 ± 1.6 dB", "± 0.5", "within ±0.9", "(37 s/image)",
+                   "~485 s per image", "minus BlindDPS is -4.0", "SSIM 0.889", "FID 143", "0.128 against",
+                   "68.9% of the time", "31 min on the shared CPU", "3 dB early", "2,500x faster",
+                   "(3.7 s)", "and ~29 s;", "5.1 GB", "30.9 MiB", "cost 19 FID points", "~2 CPU-hours"):
+        assert hand_typed_figures(figure), f"{figure!r} is a figure"
+    for setting in ("fashion32 test images 0..29, 9x9 motion", "sigma 0.02", "SR x4 s0.01",
+                    "2,000 iterations", "(W = 50, P = 300)", "issue 21", "30 test images",
+                    "lr 1e-2", "deepinv 0.5.0", "the 95% interval", "200 x 5", "lambda 0.25",
+                    "kernel step 0.01", "std from 0.3 px", "`-p window=0.5`", "in [-1, 1] units",
+                    "32x32", "N = 30", "Table 5", "1,000 MoCo steps"):
+        assert not hand_typed_figures(setting), f"{setting!r} is not a figure"
+
+
+@pytest.mark.parametrize("page", PAPERS, ids=lambda p: p.name)
+def test_no_result_page_types_a_figure_by_hand(page):
+    """Every measured figure of a page in docs/papers/ is a placeholder, read from a committed
+    file when the site is built. The rule, applied to the page's source with its placeholders,
+    code spans and link targets removed: a figure is a number beside ``±``; any decimal number (signed
+    or not: 24.2, -4.0, 0.889), except a version (0.5.0), a task label (s0.01) and a decimal
+    right after a setting's name (sigma, lambda, step, std from, lr, weight); a number followed
+    by a unit (dB, s/image, s per image, s, MiB, GB, min, hours, images/s, FID points); a number
+    with ``x`` attached (2,500x faster; 9x9 and x4 are not); a number right after PSNR, SSIM,
+    (ST-)LPIPS or FID. Integers without a unit are not figures: years, issue numbers, image
+    counts and indices (30 test images, 0..29), step and iteration counts (2,000 iterations),
+    sizes (9x9, 32x32), N = 30, table and equation numbers. The figures the papers report are
+    ``{{ paper ID }}`` placeholders too (``docs/paper_figures.csv``)."""
+    text = page.read_text(encoding="utf-8")
+    assert not hand_typed_figures(text), f"{page.name} types figures by hand: " \
+        + "; ".join(hand_typed_figures(text))
+    # the rule sees the figures the placeholders put there
+    assert len(hand_typed_figures(_expand(text))) > 10
+
+
+def test_a_placeholder_naming_what_its_file_lacks_is_a_clear_error(tmp_path):
+    page = "docs/papers/blind.md"
+    with pytest.raises(docs_figures.FigureError,
+                       match=r"docs/papers/blind\.md: \{\{ cell blind_linear method=BlindDPZ "
+                             r".*no method 'BlindDPZ' \(its methods: .*'BlindDPS'.*`diffinv bench "
+                             r"benchmarks/tasks/blind_linear\.toml`"):
+        _expand('see {{ cell blind_linear method=BlindDPZ task="blind-motion s0.02" }} dB', page)
+    with pytest.raises(docs_figures.FigureError, match=r"no task 'blind-motion'"):
+        _expand("{{ cell blind_linear method=BlindDPS task=blind-motion }}", page)
+    with pytest.raises(docs_figures.FigureError, match=r"no column 'psnrr'"):
+        _expand('{{ cell blind_linear method=BlindDPS task="blind-motion s0.02" column=psnrr }}')
+    with pytest.raises(docs_figures.FigureError,
+                       match=r"\{\{ paired blind_linear\.part\*\.jsonl a=BlindDPZ .*no method "
+                             r"'BlindDPZ'.*diffinv bench benchmarks/tasks/blind_linear\.toml"):
+        _expand('{{ paired blind_linear.part*.jsonl a=BlindDPZ b=CL-DPS }}', page)
+    with pytest.raises(docs_figures.FigureError, match=r"no row 'nope \| sr4'"):
+        _expand('{{ table davi_speed row="nope | sr4" column="DAVI s/image" }}', page)
+    with pytest.raises(docs_figures.FigureError, match=r"0 rows with id 'nope'"):
+        _expand("{{ paper nope }}", page)
+    with pytest.raises(docs_figures.FigureError, match=r"unknown kind 'cel'"):
+        _expand("{{ cel blind_linear method=BlindDPS }}", page)
+    with pytest.raises(docs_figures.FigureError, match=r"selects 2 values"):
+        _expand('{{ cell blind_linear method=BlindDPS task="*" }}', page)
+    # a missing file names the placeholder, the page and the command that writes it
+    with pytest.raises(docs_bench.MissingBenchmarkError,
+                       match=r"docs/papers/blind\.md: \{\{ cell nowhere .*benchmarks/nowhere\.csv "
+                             r"does not exist"):
+        _expand("{{ cell nowhere method=x }}", page)
+    with pytest.raises(docs_bench.MissingBenchmarkError,
+                       match=r"blind_linear\.csv does not exist\. It is written by `diffinv bench "
+                             r"benchmarks/tasks/blind_linear\.toml"):
+        bench = tmp_path / "benchmarks"  # the task files (they name the commands), no CSV
+        shutil.copytree(BENCH / "tasks", bench / "tasks")
+        docs_figures.expand_figures("{{ cell blind_linear method=BlindDPS }}", page=page,
+                                    bench_dir=bench)
+
+
+def test_the_hook_expands_the_figures_of_a_page():
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    config = SimpleNamespace(config_file_path=str(ROOT / "mkdocs.yml"))
+    page = SimpleNamespace(file=SimpleNamespace(src_uri="papers/x.md"))
+    out = hooks.on_page_markdown('BlindDPS {{ cell blind_linear method=BlindDPS '
+                                 'task="blind-motion s0.02" }} dB', page, config, None)
+    assert out == "BlindDPS 24.2 ± 1.8 dB"
+    with pytest.raises(docs_figures.FigureError, match=r"docs/papers/x\.md"):
+        hooks.on_page_markdown("{{ cell blind_linear method=nobody }}", page, config, None)
+
+
+def test_a_paired_placeholder_equals_the_committed_paired_file():
+    """``{{ paired ... }}`` computes from the JSONL rows what benchmarks/tools/paired_difference.py
+    wrote into the committed file: every row of blind_linear_paired.md, to the digit."""
+    rows = [line for line in (BENCH / "blind_linear_paired.md").read_text().splitlines()
+            if line.startswith("| ") and "fashion32" in line]
+    assert len(rows) == 16
+    for line in rows:
+        minus, cell, n, psnr, psnr_max, ssim, _ = [c.strip() for c in line.strip("|").split("|")]
+        task = cell.split(", ", 1)[1]
+        args = (f'blind_linear.part*.jsonl a="{minus}" b="DMPlug+ES-WMV (blind)" '
+                f'task="{task}"')
+        assert _expand(f"{{{{ paired {args} }}}}") == psnr
+        assert _expand(f"{{{{ paired {args} show=maxabs }}}}") == psnr_max
+        assert _expand(f"{{{{ paired {args} metric=ssim }}}}") == ssim
+        # rounded for prose: the file's figure to one decimal
+        centre, half = psnr.split(" ± ")
+        shown = _expand(f"{{{{ paired {args} digits=1 }}}}")
+        assert shown == f"{float(centre):+.1f} ± {float(half):.1f}" or (
+            # the file's four decimals may end in 5: then the raw value decides
+            centre[-1] == "5" or half[-1] == "5"), (shown, psnr)
+
+
+def test_a_cell_placeholder_prints_as_the_table_does():
+    """``{{ cell ... }}`` without digits= prints a figure exactly as ``diffinv bench`` printed it
+    in the committed table (every PSNR, SSIM, NFE and s/image cell of blind_linear.md)."""
+    seen = 0
+    for line in (BENCH / "blind_linear.md").read_text().splitlines():
+        if not line.startswith("| ") or " fashion32 " not in line:
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        method, task = cells[0], cells[1]
+        for column, shown in (("psnr", cells[3]), ("ssim", cells[4]), ("nfe", cells[7]),
+                              ("seconds", cells[8])):
+            got = _expand(f'{{{{ cell blind_linear method="{method}" task="{task}" '
+                          f'column={column} }}}}')
+            assert got == shown, (method, task, column)
+            seen += 1
+    assert seen == 104
