@@ -415,6 +415,105 @@ def test_no_result_page_types_a_figure_by_hand(page):
     assert len(hand_typed_figures(_expand(text))) > 10
 
 
+# ------------------------------------------------------------------------ claims at a glance
+#: the pages that open with a table of their paper's claims (issue 40)
+CLAIM_PAGES = ("dmplug.md", "cl-dps.md", "davi.md", "baselines.md")
+CLAIMS_HEADER = "| Claim (paper, table) | Ours | Verdict | Evidence |"
+VERDICTS = ("holds", "partly", "not reproduced", "not run")
+#: a paired difference's 95% interval as ``show=interval`` prints it: ``+0.69 [+0.11, +1.26]``
+_INTERVAL = re.compile(r"\[([+\-]?\d+(?:\.\d+)?), ([+\-]?\d+(?:\.\d+)?)\]")
+
+
+def claims_rows(markdown: str) -> list[list[str]]:
+    """The cells of each row of the table in a page's "## Claims at a glance" section (read from
+    the expanded page: a placeholder's selectors may hold ``|``)."""
+    m = re.search(r"^## Claims at a glance\n(.*?)(?=^## |\Z)", markdown,
+                  flags=re.MULTILINE | re.DOTALL)
+    assert m, "no '## Claims at a glance' section"
+    lines = m.group(1).splitlines()
+    assert CLAIMS_HEADER in lines, f"the claims table's header is not {CLAIMS_HEADER!r}"
+    rows = []
+    for line in lines[lines.index(CLAIMS_HEADER) + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def verdict_by_rule(ours: str) -> str | None:
+    """The verdict the pages' rule gives to the intervals of an "Ours" cell (oriented so that the
+    paper's side is above 0): **holds** if every interval is above 0, **not reproduced** if one is
+    below 0 and none above, **partly** otherwise; None where the cell has no interval (a claim
+    about a level)."""
+    intervals = [(float(lo), float(hi)) for lo, hi in _INTERVAL.findall(ours)]
+    if not intervals:
+        return None
+    above = [lo > 0 for lo, _ in intervals]
+    below = [hi < 0 for _, hi in intervals]
+    if all(above):
+        return "holds"
+    if not any(above) and any(below):
+        return "not reproduced"
+    return "partly"
+
+
+def test_the_verdict_rule():
+    assert verdict_by_rule("+0.69 [+0.11, +1.26]; +1.2 [+0.4, +1.9]") == "holds"
+    assert verdict_by_rule("-0.87 [-1.46, -0.28]") == "not reproduced"
+    assert verdict_by_rule("-1.17 [-1.83, -0.51]; +0.28 [-0.24, +0.80]") == "not reproduced"
+    assert verdict_by_rule("+0.34 [-0.04, +0.71]") == "partly"
+    assert verdict_by_rule("+0.69 [+0.11, +1.26]; +0.34 [-0.04, +0.71]") == "partly"
+    assert verdict_by_rule("+1.5 [+1.0, +2.0]; -2.2 [-3.1, -1.3]") == "partly"
+    assert verdict_by_rule("0.108 s per iteration; 160-170 s per image") is None
+
+
+@pytest.mark.parametrize("name", CLAIM_PAGES)
+def test_each_paper_page_opens_with_its_claims(name):
+    """Each results page opens with "## Claims at a glance": a table whose rows give a claim, our
+    figure, one of the four verdicts and the committed file with the command that made it."""
+    text = (ROOT / "docs" / "papers" / name).read_text(encoding="utf-8")
+    assert re.findall(r"^## (.+)$", text, flags=re.MULTILINE)[0] == "Claims at a glance"
+    rows = claims_rows(_expand(text, page=f"docs/papers/{name}"))
+    assert len(rows) >= (2 if name == "baselines.md" else 5), name
+    for claim, ours, verdict, evidence in rows:
+        said = re.match(r"\*\*([a-z ]+)\*\*", verdict)
+        assert said and said.group(1) in VERDICTS, f"{name}: {claim}: verdict {verdict!r}"
+        if said.group(1) != "not run":
+            assert re.search(r"\d", ours), f"{name}: {claim}: no figure of ours"
+        if evidence == "as above":
+            continue
+        files = re.findall(r"`(benchmarks/[^`\s]+\.(?:md|csv|jsonl|json))`", evidence)
+        assert files, f"{name}: {claim}: the evidence names no committed benchmark file"
+        for path in files:
+            assert list(ROOT.glob(path)), f"{name}: {claim}: {path} does not exist"
+        commands = re.findall(r"`((?:OMP_NUM_THREADS=1 PYTHONPATH=src )?(?:diffinv bench|python) "
+                              r"[^`]+)`", evidence)
+        assert commands or "as above" in evidence or said.group(1) == "not run", \
+            f"{name}: {claim}: no command"
+        for command in commands:
+            for script in re.findall(r"benchmarks/(?:tasks|tools)/[\w.-]+\.(?:toml|py)", command):
+                assert (ROOT / script).is_file(), f"{name}: {claim}: {script} does not exist"
+            for glob in re.findall(r"benchmarks/[\w.*-]+\.jsonl", command):
+                assert list(ROOT.glob(glob)), f"{name}: {claim}: {glob} matches no file"
+
+
+@pytest.mark.parametrize("name", CLAIM_PAGES)
+def test_each_verdict_follows_the_rule_from_the_committed_figures(name):
+    """The verdict of each claim with paired intervals is the one the rule gives to the intervals
+    the committed files print when the page is built: a re-run that moves an interval across 0
+    fails here until the verdict is revised."""
+    text = (ROOT / "docs" / "papers" / name).read_text(encoding="utf-8")
+    checked = 0
+    for claim, ours, verdict, _ in claims_rows(_expand(text, page=f"docs/papers/{name}")):
+        rule = verdict_by_rule(ours)
+        if rule is None:
+            continue
+        assert verdict.startswith(f"**{rule}**"), (
+            f"{name}: {claim}: the intervals {ours!r} make it **{rule}**, the page says {verdict!r}")
+        checked += 1
+    assert checked >= 2, name
+
+
 def test_a_placeholder_naming_what_its_file_lacks_is_a_clear_error(tmp_path):
     page = "docs/papers/blind.md"
     with pytest.raises(docs_figures.FigureError,
