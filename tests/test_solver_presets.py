@@ -50,3 +50,26 @@ def test_an_unknown_preset_lists_the_known_ones():
 def test_auto_preset_is_tuned32_for_the_embedded_priors_only(tmp_path):
     assert auto_preset("fashion32") == auto_preset("mnist32") == "tuned32"
     assert auto_preset(str(tmp_path / "my_prior.safetensors")) is None
+
+
+WIDE_FAMILIES = ("blind-motion-blur-wide", "blind-gaussian-blur-wide",
+                 "blind-anisotropic-gaussian-blur", "blind-airy-blur", "blind-defocus-blur")
+
+
+@pytest.mark.parametrize("operator", WIDE_FAMILIES)
+def test_the_wide_kernel_families_get_the_tune_blind_wide_picks(operator):
+    # benchmarks/tune_blind_wide_picks.md: one setting per solver on the five wide families
+    assert preset_params("tuned32", "fastem", operator) == {
+        "denoiser": "kernel_dncnn9-wide", "scale": 3.0, "beta": 156250.0}
+    assert preset_params("tuned32", "pan-l0", operator) == {"lambda_tv": 3e-2, "gamma_px": 3e-4}
+    made = make_solver("fastem", preset="tuned32", operator=operator)
+    assert (made.denoiser, made.scale, made.beta, made.lam) == ("kernel_dncnn9-wide", 3.0,
+                                                                156250.0, 0.03)
+    pan = make_solver("pan-l0", preset="tuned32", operator=operator, lambda_tv=1e-2)
+    assert (pan.lambda_tv, pan.gamma_px) == (1e-2, 3e-4)  # explicit values still win
+
+
+@pytest.mark.parametrize("operator", ["blind-motion-blur", "blind-gaussian-blur"])
+def test_the_old_blind_families_keep_fastem_and_pan_l0_defaults(operator):
+    assert preset_params("tuned32", "fastem", operator) == {}
+    assert preset_params("tuned32", "pan-l0", operator) == {}
