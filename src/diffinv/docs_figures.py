@@ -40,6 +40,11 @@ the source file prints it); ``show=both`` (default: the value with its ± half-w
 ``scale=`` / ``divide=`` (a factor: a fraction as a percentage, seconds as minutes);
 ``group=yes`` (``1,707``); ``item=N`` (table: the N-th number of the cell).
 
+The top-level ``README.md`` (shown on GitHub and PyPI, so plain Markdown with real numbers) is
+written from ``docs/README.template.md`` by the same expansion: ``python -m diffinv.docs_figures
+--readme`` (``make readme``) rewrites it, ``--check`` exits 1 with a diff when it is stale
+(:func:`render_readme`, :func:`write_readme`, :func:`readme_diff`).
+
 A placeholder that names a missing file raises :class:`~diffinv.docs_bench.MissingBenchmarkError`,
 one that names a missing method, task, column or cell :class:`FigureError`; both name the
 placeholder, the page and the command that writes the file.
@@ -47,11 +52,16 @@ placeholder, the page and the command that writes the file.
 
 from __future__ import annotations
 
+import argparse
 import csv
+import difflib
 import json
 import math
+import os
 import re
 import shlex
+import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +72,9 @@ from diffinv.docs_bench import BenchmarkFormatError, MissingBenchmarkError, benc
 PLACEHOLDER = re.compile(r"\{\{\s*([a-z]+)\b(.*?)\}\}", re.DOTALL)
 KINDS = ("cell", "row", "paired", "table", "fid", "card", "paper")
 PAPER_FIGURES = "docs/paper_figures.csv"
+#: the top-level README and the template it is written from (paths from the repository root)
+README = "README.md"
+README_TEMPLATE = "docs/README.template.md"
 _PAPER_COLUMNS = ("id", "paper", "table", "row", "column", "value", "source")
 _FORMAT_KEYS = {"digits", "show", "sign", "abs", "scale", "divide", "group", "item"}
 _SHOWS = ("both", "mean", "hw", "interval", "range", "min", "max", "maxabs")
@@ -633,3 +646,93 @@ def strip_placeholders(markdown: str, mark: str = "") -> str:
     """``markdown`` with every placeholder replaced by ``mark`` (what is left was typed by
     hand)."""
     return PLACEHOLDER.sub(mark, markdown)
+
+
+# -------------------------------------------------------------------------------- the README
+def _root(root: str | Path | None) -> Path:
+    return Path(root) if root is not None else benchmarks_dir().resolve().parent
+
+
+def render_readme(root: str | Path | None = None) -> str:
+    """``README.md`` as ``docs/README.template.md`` expands from the committed files of the
+    checkout at ``root`` (this module's checkout by default)."""
+    base = _root(root)
+    template = (base / README_TEMPLATE).read_text(encoding="utf-8")
+    return expand_figures(template, page=README_TEMPLATE, bench_dir=base / "benchmarks",
+                          paper_figures=base / PAPER_FIGURES)
+
+
+def write_readme(root: str | Path | None = None) -> bool:
+    """Write ``README.md`` from the template (atomically: a temporary file in the same folder,
+    then renamed over it). Returns whether its text changed."""
+    base = _root(root)
+    text = render_readme(base)
+    path = base / README
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=f".{README}.", suffix=".tmp", dir=base)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        if path.is_file():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def readme_diff(root: str | Path | None = None) -> list[str]:
+    """The unified diff from the committed ``README.md`` to the one the template expands to
+    (empty when it is up to date)."""
+    base = _root(root)
+    path = base / README
+    have = path.read_text(encoding="utf-8") if path.is_file() else ""
+    want = render_readme(base)
+    return list(difflib.unified_diff(have.splitlines(), want.splitlines(), f"{README} (committed)",
+                                     f"{README} (from {README_TEMPLATE})", lineterm=""))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m diffinv.docs_figures --readme | --check [--root DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m diffinv.docs_figures",
+        description=f"Write {README} from {README_TEMPLATE}, its figures read from the committed "
+                    "benchmark files (see this module's docstring for the placeholders).")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--readme", action="store_true", help=f"rewrite {README} (atomically)")
+    what.add_argument("--check", action="store_true",
+                      help=f"exit 1, with a diff, if {README} is not what the template expands to")
+    parser.add_argument("--root", default=None,
+                        help="the repository root (default: the checkout this module lies in)")
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            diff = readme_diff(args.root)
+            if not diff:
+                print(f"{README} is up to date with {README_TEMPLATE}")
+                return 0
+            body = [line for line in diff if not line.startswith(("---", "+++"))]
+            gone = sum(line[:1] == "-" for line in body)
+            new = sum(line[:1] == "+" for line in body)
+            print(f"{README} is stale: {gone} line(s) of it would be replaced by {new} from "
+                  f"{README_TEMPLATE} and the committed benchmark files; run `make readme` "
+                  "(python -m diffinv.docs_figures --readme)", file=sys.stderr)
+            shown = diff[:80]
+            print("\n".join(shown), file=sys.stderr)
+            if len(diff) > len(shown):
+                print(f"... ({len(diff) - len(shown)} more diff lines)", file=sys.stderr)
+            return 1
+        changed = write_readme(args.root)
+        print(f"{README} {'written' if changed else 'unchanged'} (from {README_TEMPLATE})")
+        return 0
+    except (BenchmarkFormatError, MissingBenchmarkError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
