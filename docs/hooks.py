@@ -20,8 +20,10 @@ naming it (with the page and the command that writes the file).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mkdocs.structure.files import File, Files
+if TYPE_CHECKING:  # mkdocs is imported where a hook runs, so the tests load this file without it
+    from mkdocs.structure.files import File, Files
 
 
 def _add(files: Files, file: File) -> None:
@@ -32,6 +34,8 @@ def _add(files: Files, file: File) -> None:
 
 
 def on_files(files: Files, config) -> Files:
+    from mkdocs.structure.files import File
+
     from diffinv.docs_bench import benchmark_pages, site_files
     from diffinv.docs_gen import reference_pages
 
