@@ -97,11 +97,28 @@ def _missing(what: str, path: Path, name: str) -> MissingBenchmarkError:
         f"restore it (`git checkout -- benchmarks/{path.name}`) or rerun that command")
 
 
-def _float(text: str | None) -> float:
+def csv_float(text: str | None) -> float:
+    """A CSV cell as a float (empty or unreadable: NaN)."""
     try:
         return float(text) if text not in (None, "") else math.nan
     except ValueError:
         return math.nan
+
+
+def read_bench_csv(path: Path) -> tuple[list[str], list[dict[str, str]], dict[str, list[str]]]:
+    """The columns and rows of a CSV that ``diffinv bench`` writes and its ``# Key: value`` header
+    lines (each key's values in file order)."""
+    header: dict[str, list[str]] = {}
+    body = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            key, sep, value = line[1:].strip().partition(": ")
+            if sep:
+                header.setdefault(key, []).append(value)
+        elif line.strip():
+            body.append(line)
+    reader = csv.DictReader(body)
+    return list(reader.fieldnames or []), list(reader), header
 
 
 def read_bench_table(name: str, bench_dir: str | Path | None = None) -> BenchTable:
@@ -114,30 +131,21 @@ def read_bench_table(name: str, bench_dir: str | Path | None = None) -> BenchTab
     path = _bench_dir(bench_dir) / f"{name}.csv"
     if not path.is_file():
         raise _missing(f"benchmarks/{name}.csv", path, name)
-    header: dict[str, list[str]] = {}
-    body = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            key, sep, value = line[1:].strip().partition(": ")
-            if sep:
-                header.setdefault(key, []).append(value)
-        elif line.strip():
-            body.append(line)
-    reader = csv.DictReader(body)
-    lacking = [c for c in _CSV_COLUMNS if c not in (reader.fieldnames or [])]
+    columns, records, header = read_bench_csv(path)
+    lacking = [c for c in _CSV_COLUMNS if c not in columns]
     if lacking:
         raise BenchmarkFormatError(f"{path} has no column {', '.join(lacking)}: the docs read "
                                    "the CSV that `diffinv bench` writes beside its table")
     cells: dict[tuple[str, str, str], dict[str, dict[str, str]]] = {}
-    for r in reader:
+    for r in records:
         cells.setdefault((r["method"], r["task"], r.get("prior") or ""), {})[r["column"]] = r
     several_priors = len({prior for _, _, prior in cells}) > 1
 
     def summary(r: dict[str, str] | None) -> Summary | None:
         if r is None:
             return None
-        return Summary(r["statistic"], _float(r["value"]), _float(r["ci_low"]),
-                       _float(r["ci_high"]), int(_float(r["n"])) if r["n"] else 0)
+        return Summary(r["statistic"], csv_float(r["value"]), csv_float(r["ci_low"]),
+                       csv_float(r["ci_high"]), int(csv_float(r["n"])) if r["n"] else 0)
 
     rows = []
     for (method, task, prior), cols in cells.items():
@@ -145,8 +153,8 @@ def read_bench_table(name: str, bench_dir: str | Path | None = None) -> BenchTab
         rows.append(BenchRow(
             csv=name, method=method, task=f"{task} ({prior})" if several_priors else task,
             psnr=summary(cols.get("psnr")), seconds=summary(cols.get("seconds")),
-            nfe=summary(cols.get("nfe")), n=int(_float(first["n"])),
-            target=int(_float(first["target"])), complete=first["complete"] not in ("0", "")))
+            nfe=summary(cols.get("nfe")), n=int(csv_float(first["n"])),
+            target=int(csv_float(first["target"])), complete=first["complete"] not in ("0", "")))
     md = path.with_suffix(".md")
     title = ""
     if md.is_file():

@@ -66,7 +66,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffinv.docs_bench import BenchmarkFormatError, MissingBenchmarkError, benchmarks_dir
+from diffinv.docs_bench import BenchmarkFormatError, MissingBenchmarkError, benchmarks_dir, read_bench_csv
+from diffinv.docs_bench import csv_float as _float
 
 #: a placeholder: ``{{ KIND ARGS }}`` (ARGS may wrap over lines)
 PLACEHOLDER = re.compile(r"\{\{\s*([a-z]+)\b(.*?)\}\}", re.DOTALL)
@@ -137,16 +138,8 @@ def _cached(kind: str, path: Path, read: Callable[[Path], object]) -> object:
 
 def _csv_rows(path: Path) -> tuple[list[dict[str, str]], dict[str, str]]:
     """A bench CSV's rows and its ``# Key: value`` header (first value of each key)."""
-    header: dict[str, str] = {}
-    body = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            key, sep, value = line[1:].strip().partition(": ")
-            if sep:
-                header.setdefault(key, value)
-        elif line.strip():
-            body.append(line)
-    return list(csv.DictReader(body)), header
+    _, rows, header = read_bench_csv(path)
+    return rows, {k: v[0] for k, v in header.items()}
 
 
 def _jsonl_rows(path: Path) -> list[dict]:
@@ -280,13 +273,6 @@ def _cell(ctx: _Context, files: list[str], opts: dict[str, str]) -> list[Figure]
               and not s.low == s.high == s.center else math.nan)
         out.append(Figure(s.center, hw, digits=_decimals(s)))
     return out
-
-
-def _float(text: str | None) -> float:
-    try:
-        return float(text) if text not in (None, "") else math.nan  # type: ignore[arg-type]
-    except ValueError:
-        return math.nan
 
 
 def _one_file(ctx: _Context, files: list[str]) -> str:
