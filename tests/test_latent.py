@@ -274,6 +274,17 @@ def test_a_pickled_diffusers_vae_is_refused(tmp_path):
         load_prior(folder)
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", "{not json"])
+def test_a_malformed_vae_config_is_a_clear_integrity_error(tmp_path, text):
+    from diffinv import load_prior
+    from diffinv.errors import IntegrityError
+
+    folder, _ = _diffusers_latent_folder(tmp_path)
+    (folder / "vae" / "config.json").write_text(text)
+    with pytest.raises(IntegrityError, match="config.json"):
+        load_prior(folder)
+
+
 # -------------------------------------------------------------------------- training
 def test_autoencoder_training_resumes_exactly_and_exports_a_latent_prior(tmp_path):
     from diffinv import load_prior

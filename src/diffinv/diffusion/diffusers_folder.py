@@ -84,7 +84,8 @@ def is_diffusers_folder(path: Path) -> bool:
                               or (path / "config.json").is_file())
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; :class:`IntegrityError` for an unreadable file or non-object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -100,7 +101,7 @@ def _locate(folder: Path) -> tuple[Path, dict[str, Any] | None]:
     for cand in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json",
                  unet_dir / "scheduler_config.json"):
         if cand.is_file():
-            return unet_dir, _read_json(cand)
+            return unet_dir, read_json_object(cand)
     return unet_dir, None
 
 
@@ -242,7 +243,7 @@ def load_diffusers_prior(folder: str | Path, device: str | torch.device = "cpu",
 
     folder = Path(folder)
     unet_dir, sched_cfg = _locate(folder)
-    config = _read_json(unet_dir / "config.json")
+    config = read_json_object(unet_dir / "config.json")
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise DiffinvError(f"{unet_dir / 'config.json'} describes a {config.get('_class_name')}; "
                            "diffinv loads UNet2DModel folders (pixel-space diffusion)")

@@ -18,15 +18,20 @@ a ``shift_factor`` (SD3/Flux VAEs) and VAE classes other than ``AutoencoderKL`` 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from diffinv.diffusion.diffusers_folder import PICKLED, WEIGHTS, load_pretrained, sample_hw
-from diffinv.errors import DiffinvError, IntegrityError
+from diffinv.diffusion.diffusers_folder import (
+    PICKLED,
+    WEIGHTS,
+    load_pretrained,
+    read_json_object,
+    sample_hw,
+)
+from diffinv.errors import DiffinvError
 
 
 def is_latent_folder(path: Path) -> bool:
@@ -57,10 +62,7 @@ def load_latent_diffusers(folder: str | Path, device: str | torch.device = "cpu"
 
     folder = Path(folder)
     vae_dir = folder / "vae"
-    try:
-        cfg = json.loads((vae_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise IntegrityError(f"{vae_dir / 'config.json'} is not a readable JSON file: {e}") from e
+    cfg = read_json_object(vae_dir / "config.json")  # a readable JSON object, or IntegrityError
     cls = cfg.get("_class_name")
     if cls != "AutoencoderKL":
         raise DiffinvError(f"{vae_dir} holds a {cls}; diffinv loads latent folders whose vae is "
