@@ -128,6 +128,7 @@ def flow_meta(cfg: dict, image_shape: list[int], source_card: dict, steps: int) 
         "source": source_card,
         "trained_on": f"{cfg['dataset']}:train"
                       + (f"[:{cfg['train_images']}]" if cfg.get("train_images") else ""),
+        "train_images": int(cfg.get("train_images", 0)),  # the first N of the split; 0: all
         "steps": int(steps),
     }
 
@@ -186,7 +187,7 @@ def build_flow_prior(meta: dict, weights: dict[str, Tensor], where: str, sha: st
     net = net.to_empty(device="cpu")
     net.load_state_dict(net_t, strict=True)
     net.eval().requires_grad_(False)
-    info = {k: meta[k] for k in ("trained_on", "steps") if k in meta}
+    info = {k: meta[k] for k in ("trained_on", "train_images", "steps") if k in meta}
     prior = FlowPrior(net, source, image_shape=shape,
                       time_scale=float(meta.get("time_scale", TIME_SCALE)),
                       name=meta.get("name", Path(where).stem), sha256=sha,

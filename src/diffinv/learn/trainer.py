@@ -530,7 +530,9 @@ def export_prior(
         "T": cfg["T"],
         "variance": "fixed_small",
         "prediction": "eps",
-        "trained_on": f"{cfg['dataset']}:train",
+        "trained_on": f"{cfg['dataset']}:train"
+                      + (f"[:{cfg['train_images']}]" if cfg.get("train_images") else ""),
+        "train_images": int(cfg.get("train_images", 0)),  # the first N of the split; 0: all
         "steps": int(state["step"]),
         "batch": cfg["batch"],
         "lr": cfg["lr"],

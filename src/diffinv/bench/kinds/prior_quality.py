@@ -14,7 +14,16 @@ evaluation (``evaluations`` = 1 per cell):
 3. ``fid-floor``: FID of the training split's images 0..N-1 against the same reference: what a
    perfect prior would score at this N (FID at small N is biased upwards);
 4. ``conf>0.9`` (MNIST-domain priors only; NaN otherwise): fraction of samples the ``ccexam``
-   classifier assigns a class with probability > 0.9.
+   classifier assigns a class with probability > 0.9;
+5. ``memorised`` (only when the task lists it; not in the default metrics): the share of the
+   samples whose nearest training image is closer than a third of the distance to the second
+   nearest (L2 in pixel space; :mod:`diffinv.metrics.memorisation`, the rule of Yoon et al. 2023
+   and Gu et al. 2023), against the images the prior was trained on: the first N images of the
+   train split of the data set its card names, N being the card's ``train_images`` (else the
+   ``[:N]`` of its ``trained_on``). A card that records neither (the embedded priors, exports
+   made before the trainers recorded N) is measured against the whole train split, and the row's
+   ``extra`` says so (``memorised_against``). The per-sample ratios and nearest indices are kept
+   beside the cached samples.
 
 NFE is per sample (the sampler's network calls), and seconds are the sampling time of the whole
 evaluation (a resumed evaluation counts only what it sampled).
@@ -26,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +52,11 @@ from diffinv.bench.kinds.common import (
 from diffinv.bench.spec import Cell, Entry
 from diffinv.errors import UnknownNameError
 
-METRICS = ("fid", "fid-floor", "conf>0.9", "samples")
+#: what a task file gets when it lists no metrics (``memorised`` must be asked for by name)
+DEFAULT_METRICS = ("fid", "fid-floor", "conf>0.9", "samples")
+METRICS = DEFAULT_METRICS + ("memorised",)
+#: a card's ``trained_on``: "DATASET:train", or "DATASET:train[:N]" for the first N images
+TRAINED_ON = re.compile(r"(?P<dataset>[\w-]+):train(?:\[:(?P<n>\d+)\])?")
 #: samplers of diffusion priors (DDIM/DDPM) and of flow priors (ODE solvers)
 DIFFUSION_SAMPLERS = ("ddim", "ddpm")
 FLOW_SAMPLERS = ("euler", "heun", "dopri5")
@@ -138,6 +152,77 @@ def rehearse(ctx: RunContext, cells: Sequence[Cell]) -> None:
             if have < n:
                 raise BenchConfigError(f"n_samples {n} exceeds the {have} images of the "
                                        f"{ctx.options[key]} split of {prior.domain}")
+        if "memorised" in ctx.metrics:
+            _training_images(ctx, prior, cell["prior"])
+
+
+def training_set(prior: Any, entry: Entry) -> tuple[str, int | None]:
+    """``(data set, N)``: the prior was trained on the first N images of the data set's train
+    split (N = 0: all of them), as its card records it: ``train_images``, else the ``[:N]`` of
+    ``trained_on``. N is None where the card records neither. The card is the JSON file beside a
+    ``.safetensors`` prior (or an embedded one's), and what a loaded flow or latent prior keeps of
+    it (``prior.info``); the data set is the one ``trained_on`` names, else the prior's domain."""
+    from diffinv.diffusion.zoo import available_priors, embedded_dir
+
+    src = prior_source(entry)
+    side = (embedded_dir() / f"{src}.json" if src in available_priors()
+            else Path(src).with_suffix(".json") if Path(src).suffix == ".safetensors" else None)
+    card: dict[str, Any] = {}
+    if side is not None and side.is_file():
+        loaded = json.loads(side.read_text())
+        card = loaded if isinstance(loaded, dict) else {}
+    card = {**card, **(getattr(prior, "info", None) or {})}
+    match = TRAINED_ON.fullmatch(str(card.get("trained_on", "")))
+    dataset = match["dataset"] if match else prior.domain
+    n = card.get("train_images")
+    if n is None and match and match["n"]:
+        n = int(match["n"])
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise BenchConfigError(f"prior {entry.label!r}: its card's train_images must be an "
+                               f"integer >= 0; got {n!r}")
+    return dataset, n
+
+
+def _training_images(ctx: RunContext, prior: Any, entry: Entry) -> tuple[Any, str]:
+    """The images ``memorised`` compares the samples with, and a line saying which they are."""
+    from diffinv.data import load_split
+
+    dataset, n = training_set(prior, entry)
+    split = ctx.cached(f"data:{dataset}:train", lambda: load_split(dataset, "train"))
+    if n is not None and n > len(split):
+        raise BenchConfigError(f"prior {entry.label!r} was trained on {n} images of {dataset}, but "
+                               f"its train split has {len(split)}")
+    if n:
+        return split.images[:n], f"{dataset}:train[:{n}]"
+    return split.images, (f"{dataset}:train (all {len(split)} images"
+                          + ("" if n == 0 else ": the prior's card does not record train_images")
+                          + ")")
+
+
+def _memorised(ctx: RunContext, prior: Any, entry: Entry, x: Any, cache: Path
+               ) -> tuple[float, dict[str, Any]]:
+    """The ``memorised`` rate of samples ``x``, with the row's notes; the per-sample ratios and
+    nearest training indices are cached beside the samples (they do not depend on the threshold)."""
+    from safetensors.torch import load_file, save_file
+
+    from diffinv.metrics.memorisation import MEMORISATION_THRESHOLD, memorisation_rate
+
+    train, against = _training_images(ctx, prior, entry)
+    tag = re.sub(r"[^\w.-]", "_", against.split(" ")[0])
+    path = cache / f"memorisation_{len(x)}_{tag}.safetensors"
+    if path.is_file():
+        ratios = load_file(str(path))["ratios"]
+    else:
+        m = memorisation_rate(x, train, MEMORISATION_THRESHOLD)
+        ratios = m.ratios
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"ratios": m.ratios.contiguous(), "nearest": m.nearest.contiguous()}, str(tmp),
+                  metadata={"against": against})
+        os.replace(tmp, path)
+    rate = float((ratios < MEMORISATION_THRESHOLD).double().mean())
+    return rate, {"memorised_against": against, "memorised_threshold": MEMORISATION_THRESHOLD,
+                  "memorisation_cache": str(path)}
 
 
 def _cache_dir(sha: str, sampler: dict[str, Any], seed: int) -> Path:
@@ -230,10 +315,12 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
         fid_floor = frechet_distance(floor_stats["mu"], floor_stats["sigma"], ref_stats["mu"],
                                      ref_stats["sigma"])
         conf = confident_fraction(x) if domain.startswith("mnist") else math.nan
-        out.append(UnitResult(metrics={"fid": fid, "fid-floor": fid_floor, "conf>0.9": conf,
-                                       "samples": float(n)},
-                              nfe=nfe, seconds=seconds,
-                              extra={"sample_cache": str(cache)}))
+        metrics = {"fid": fid, "fid-floor": fid_floor, "conf>0.9": conf, "samples": float(n)}
+        extra: dict[str, Any] = {"sample_cache": str(cache)}
+        if "memorised" in ctx.metrics:  # only when asked: rows of other runs stay as they were
+            metrics["memorised"], notes = _memorised(ctx, prior, cell["prior"], x, cache)
+            extra.update(notes)
+        out.append(UnitResult(metrics=metrics, nfe=nfe, seconds=seconds, extra=extra))
     return out
 
 
@@ -242,7 +329,8 @@ register_job_kind(
     axes=["prior", "sampler"], replicate="evaluation", target_key="evaluations", default_target=1,
     options={"n_samples": 2000, "reference": "test", "floor": "train", "chunk": 250, "threads": 0},
     identity=("n_samples", "reference", "floor"),
-    metrics=METRICS, statistic="mean", validate=validate, resolve=resolve_identity, rehearse=rehearse,
+    metrics=DEFAULT_METRICS, statistic="mean", validate=validate, resolve=resolve_identity,
+    rehearse=rehearse,
     description="FID of a prior's samples against held-out images, with the train-vs-test floor",
     help={"prior": AXIS_HELP["prior"],
           "sampler": " or ".join(f'"{s}"' for s in SAMPLERS)
@@ -252,5 +340,7 @@ register_job_kind(
           "reference": "the split the samples are compared with (its images 0 .. n_samples - 1)",
           "floor": "the split compared with the reference to give the FID floor",
           "chunk": "samples per cached chunk (an interrupted evaluation resumes from the cache)",
-          "threads": THREADS_HELP},
+          "threads": THREADS_HELP,
+          "metrics": f"any of {', '.join(METRICS)} (memorised: the share of samples whose nearest "
+                     "training image is < 1/3 as far as the second nearest);"},
 )
