@@ -4,6 +4,8 @@ random latent priors."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -356,4 +358,9 @@ def test_cli_trains_an_autoencoder_then_a_latent_prior_that_loads(tmp_path, caps
     lp = load_prior(tmp_path / "p" / "fashion32-latent.safetensors")
     assert isinstance(lp, LatentPrior) and lp.image_shape == (1, 32, 32)
     assert lp.latent_shape == (4, 8, 8) and lp.domain == "fashion32"
+    # both cards record the subset (--train-images 8) as the pixel and flow trainers' cards do
+    for card in (tmp_path / "x" / "ae.json", tmp_path / "p" / "fashion32-latent.json",
+                 tmp_path / "p" / "fashion32-latent-autoencoder.json"):
+        c = json.loads(card.read_text())
+        assert (c["trained_on"], c["train_images"]) == ("fashion32:train[:8]", 8), card.name
     capsys.readouterr()

@@ -220,6 +220,22 @@ def select_cells(cells: Sequence[Cell], only: Sequence[str] | None) -> list[Cell
     return kept
 
 
+def missing_files(cells: Sequence[Cell]) -> dict[str, tuple[str, str, str]]:
+    """Entry digest -> ``(axis, label, path)`` of each axis value of ``cells`` given a ``path``
+    (a prior's weights file, relative to the working directory) that does not exist, in grid
+    order. A run resolves the values of the cells it computes only, so such a file stops a run
+    only where its cells are selected (``--only``, ``--shard``); the report shows its cells as
+    not done and names it."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for cell in cells:
+        for axis, entry in cell:
+            path = entry.params.get("path")
+            if (entry.digest not in out and isinstance(path, str) and path
+                    and not Path(path).exists()):
+                out[entry.digest] = (axis, entry.label, path)
+    return out
+
+
 def env_rank(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     """(RANK, WORLD_SIZE) set by torchrun, or (0, 1)."""
     env = os.environ if env is None else env

@@ -3,9 +3,13 @@
 Rows are matched to the cells of the current task file by cell key (so rows of cells since
 removed from the file, or of indices beyond a cell's target, are left out and counted). Within a
 cell, rows must agree on the resolved identity of the axis values (e.g. the prior's weights): a
-run passes the identity it resolved and older rows are left out; ``--report-only`` does not
-resolve, and a cell whose rows mix identities is an error. A cell with fewer rows than its target
-is marked incomplete: ``N = 37/50*``.
+run passes the identities it resolved (those of the cells it computed, and of any other cell whose
+rows mix identities) and, in those cells, rows of other identities are left out; elsewhere, and
+with ``--report-only``, which resolves nothing, a cell's rows are taken as they are, and a cell
+whose rows mix identities is an error. A cell with fewer rows than its target is marked
+incomplete: ``N = 37/50*``. A cell with an axis value whose file is missing (a prior's ``path``
+that does not exist: :func:`~diffinv.bench.plan.missing_files`) is shown as not done (``0/50*``)
+and the header names the missing files, in one line.
 
 The Markdown table and the CSV (one row per cell and column, ``#`` comment lines first) are
 headed by the command, the machines the rows came from, the date and the resolved identities
@@ -59,6 +63,7 @@ class Report:
     n_files: int
     n_unused: int
     n_reused: int = 0
+    missing: list[tuple[str, str, str]] = field(default_factory=list)  # (axis, label, path)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime(
         "%Y-%m-%d %H:%M UTC"))
 
@@ -107,12 +112,41 @@ def _identity_lines(plan: Plan, identities: Mapping[tuple[str, str, str], list[s
     return out
 
 
-def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
-                 resolved: Resolved | None = None, n_files: int = 0, n_reused: int = 0) -> Report:
-    """Aggregate ``rows`` over the cells of ``plan``."""
+def _is_resolved(plan: Plan, cell: Cell, resolved: Resolved | None) -> bool:
+    key = plan.cell_key(cell)
+    return resolved is not None and all((key, a) in resolved for a, _ in cell)
+
+
+def _cell_rows(plan: Plan, rows: Sequence[Mapping[str, Any]]
+               ) -> dict[str, list[Mapping[str, Any]]]:
     by_cell: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         by_cell.setdefault(str(r.get("cell_key")), []).append(r)
+    return by_cell
+
+
+def _in_cell(cell: Cell, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in rows if isinstance(r.get("index"), int) and 0 <= r["index"] < cell.target]
+
+
+def mixed_cells(plan: Plan, rows: Sequence[Mapping[str, Any]], cells: Sequence[Cell]
+                ) -> list[Cell]:
+    """The cells of ``cells`` whose rows were computed with different resolved identities (the
+    cells :func:`build_report` can only report once their current identities are resolved)."""
+    by_cell = _cell_rows(plan, rows)
+    return [c for c in cells
+            if len({canonical_json(_row_resolved(r))
+                    for r in _in_cell(c, by_cell.get(plan.cell_key(c), []))}) > 1]
+
+
+def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
+                 resolved: Resolved | None = None, n_files: int = 0, n_reused: int = 0,
+                 missing: Mapping[str, tuple[str, str, str]] | None = None) -> Report:
+    """Aggregate ``rows`` over the cells of ``plan``. ``resolved`` holds the identities of the
+    cells a run resolved (not necessarily all); ``missing`` is
+    :func:`~diffinv.bench.plan.missing_files` of the plan's cells."""
+    by_cell = _cell_rows(plan, rows)
+    missing = dict(missing or {})
 
     has_nfe = any(r.get("nfe") is not None for r in rows)
     has_sec = any(r.get("seconds") is not None for r in rows)
@@ -125,11 +159,12 @@ def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
     stamps: list[str] = []
     reports = []
     for cell in plan.cells:
-        cand = [r for r in by_cell.get(plan.cell_key(cell), [])
-                if isinstance(r.get("index"), int) and 0 <= r["index"] < cell.target]
-        if resolved is not None:
+        cand = _in_cell(cell, by_cell.get(plan.cell_key(cell), []))
+        if resolved is not None and _is_resolved(plan, cell, resolved):
             want = plan.cell_identity(cell, resolved)
             cand = [r for r in cand if _row_resolved(r) == want]
+        elif any(e.digest in missing for _, e in cell):  # not computable: not done
+            cand = []
         else:
             groups = {canonical_json(_row_resolved(r)) for r in cand}
             if len(groups) > 1:
@@ -165,7 +200,7 @@ def build_report(plan: Plan, rows: Sequence[Mapping[str, Any]], *, command: str,
                   machines=list(machines), identities=_identity_lines(plan, identities),
                   first=min(stamps) if stamps else None, last=max(stamps) if stamps else None,
                   n_rows=len(rows), n_files=n_files, n_unused=len(rows) - used,
-                  n_reused=n_reused)
+                  n_reused=n_reused, missing=list(missing.values()))
 
 
 def _decimals(s: Summary) -> int:
@@ -221,6 +256,9 @@ def header_lines(rep: Report) -> list[str]:
     lines.append(f"Date: {rep.created}{span}")
     for axis, label, ident in rep.identities:
         lines.append(f"{axis.capitalize()} {label}: {ident}")
+    if rep.missing:
+        lines.append("Missing files (their cells are not done, N = 0, until they exist): "
+                     + "; ".join(f"{axis} {label} ({path})" for axis, label, path in rep.missing))
     opts = {"seed": plan.seed, **plan.identity}
     lines.append(f"Run: kind {plan.kind.name}, " + ", ".join(f"{k} {v}" for k, v in opts.items()))
     stat = ("mean ± half-width of the 95% Student-t interval" if plan.kind.statistic == "mean"

@@ -1,13 +1,18 @@
 """Run a task file: resume, split across workers, write rows as they come, render the report.
 
 Order of work: the plan is loaded and checked, its output folder is checked (not a file, not
-under a file, creatable), the job kind validates names and resolves the identity of each axis
-value; the rows already in any file of the run are read; the job kind rehearses the cells that
-have work left (restore: each solver up to its first network evaluation), so nothing is written
-before all of this succeeds. Then this worker's units (index % workers == worker) that have no row
+under a file, creatable), the job kind validates names (of the whole grid) and resolves the
+identity of each axis value of the cells this worker computes (those ``--only`` selects and where
+``--shard`` gives it units: a prior's weights file that another cell needs may be missing); the
+rows already in any file of the run are read; the job kind rehearses the cells that have work
+left (restore: each solver up to its first network evaluation), so nothing is written before all
+of this succeeds. Then this worker's units (index % workers == worker) that have no row
 yet are done cell by cell in batches of ``batch_size``; each unit's row is appended and fsync'd
-as soon as its batch returns. Finally the report of all rows of the run is rendered. A run that
-fails before its first row leaves no results file (nor a folder made for it) behind.
+as soon as its batch returns. Finally the report of all rows of the run is rendered: it checks
+the rows of the cells computed against the identities resolved, and takes those of the other cells
+as they are (as ``--report-only`` does), resolving a cell only where its rows mix identities;
+cells whose file is missing (:func:`~diffinv.bench.plan.missing_files`) show as not done. A run
+that fails before its first row leaves no results file (nor a folder made for it) behind.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from diffinv.bench.plan import (
     Plan,
     env_rank,
     load_plan,
+    missing_files,
     override_device,
     parse_shard,
     run_device,
@@ -35,7 +41,7 @@ from diffinv.bench.plan import (
     worker_of,
 )
 from diffinv.bench.records import RecordWriter, read_records, record_path, run_files
-from diffinv.bench.report import Report, build_report, write_report
+from diffinv.bench.report import Report, build_report, mixed_cells, write_report
 from diffinv.bench.spec import Cell
 from diffinv.checks import check_output_folder
 from diffinv.errors import DiffinvError
@@ -126,10 +132,12 @@ def _row(plan: Plan, ctx: RunContext, cell: Cell, index: int, res: UnitResult,
     }
 
 
-def resolve_all(plan: Plan, ctx: RunContext) -> dict[tuple[str, str], dict[str, Any]]:
-    """(cell key, axis) -> the resolved identity of that cell's value on that axis."""
+def resolve_all(plan: Plan, ctx: RunContext, cells: Sequence[Cell] | None = None
+                ) -> dict[tuple[str, str], dict[str, Any]]:
+    """(cell key, axis) -> the resolved identity of that cell's value on that axis, for each
+    of ``cells`` (default: every cell of the plan)."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for cell in plan.cells:
+    for cell in plan.cells if cells is None else cells:
         key = plan.cell_key(cell)
         for a, e in cell:
             ident = plan.kind.resolve(ctx, a, e, cell) if plan.kind.resolve else {}
@@ -180,7 +188,8 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
         if not rows:
             raise BenchRecordError(f"no rows of run {plan.name!r} in {plan.out_dir}; run "
                                    f"`{command}` first")
-        rep = build_report(plan, rows, command=command, n_files=n_files, n_reused=n_reused)
+        rep = build_report(plan, rows, command=command, n_files=n_files, n_reused=n_reused,
+                           missing=missing_files(plan.cells))
         return Outcome(plan, worker, 0, 0, rep, write_report(rep))
 
     device = run_device(plan.device, env)
@@ -188,17 +197,12 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
                      options=dict(plan.options), metrics=list(plan.metrics), shard=worker)
     if plan.kind.validate is not None:
         plan.kind.validate(ctx, plan.cells)
-    resolved = resolve_all(plan, ctx)
 
-    rows, _, _ = read_all_rows(plan)
-    done = {r.get("key") for r in rows}
-    todo: list[tuple[Cell, list[int]]] = []
-    skipped = 0
     k, m = worker
     bs = plan.batch_size
+    work: list[tuple[Cell, list[list[int]]]] = []  # this worker's units of each selected cell
     n_batches = 0  # split == "batches": the batches of the whole grid, numbered in order
     for cell in selected:
-        ident = plan.cell_identity(cell, resolved)
         if split == "images":  # one group per cell, batched after dropping the done units
             groups = [[i for i in range(cell.target) if i % m == k]]
         else:  # the grid's fixed batches k, k + m, ...
@@ -206,6 +210,17 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
             groups = [list(range(s, min(s + bs, cell.target)))
                       for j, s in enumerate(starts, n_batches) if j % m == k]
             n_batches += len(starts)
+        if any(groups):
+            work.append((cell, groups))
+    # only the cells this worker computes: another cell's prior file may not exist (yet)
+    resolved = resolve_all(plan, ctx, [cell for cell, _ in work])
+
+    rows, _, _ = read_all_rows(plan)
+    done = {r.get("key") for r in rows}
+    todo: list[tuple[Cell, list[int]]] = []
+    skipped = 0
+    for cell, groups in work:
+        ident = plan.cell_identity(cell, resolved)
         for mine in groups:
             left = [i for i in mine if plan.unit_key(cell, i, ident) not in done]
             skipped += len(mine) - len(left)
@@ -245,8 +260,18 @@ def run_benchmark(task_path: str | os.PathLike[str], *, shard: str | None = None
     rows, n_files, n_reused = read_all_rows(plan)
     if not rows:
         return Outcome(plan, worker, written, skipped, None, ())
+    missing = missing_files(plan.cells)
+    # the cells not computed are reported from their rows as they are; where those mix
+    # identities (weights retrained half-way), the current ones decide, as in a run of the cell
+    others = [c for c in plan.cells
+              if (plan.cell_key(c), c.axes[0]) not in resolved
+              and not any(e.digest in missing for _, e in c)]
+    resolved.update(resolve_all(plan, ctx, mixed_cells(plan, rows, others)))
     rep = build_report(plan, rows, command=command, resolved=resolved, n_files=n_files,
-                       n_reused=n_reused)
+                       n_reused=n_reused, missing=missing)
     files = write_report(rep)
     print(f"diffinv bench {plan.name}: wrote {files[0]} and {files[1]}", file=sys.stderr)
+    if rep.missing:
+        print(f"diffinv bench {plan.name}: {len(rep.missing)} file(s) missing, their cells not "
+              "done: " + ", ".join(path for _, _, path in rep.missing), file=sys.stderr)
     return Outcome(plan, worker, written, skipped, rep, files)

@@ -177,6 +177,16 @@ def train_autoencoder(cfg: AutoencoderConfig, *, data: torch.Tensor | None = Non
 
 
 # ------------------------------------------------------------------------------- files
+def trained_on(dataset: str, train_images: int) -> dict[str, Any]:
+    """A card's ``trained_on`` (``"DATASET:train"``, ``"DATASET:train[:N]"`` for the first N
+    images) and ``train_images`` (N; 0: all), as :func:`diffinv.learn.trainer.export_prior` writes
+    them; a latent run's ``DATASET@latent:SHA12`` label (:func:`latent_training_data`) names
+    DATASET (the card's ``latent`` entry names the autoencoder)."""
+    n = int(train_images or 0)
+    return {"trained_on": f"{dataset.split('@latent:')[0]}:train" + (f"[:{n}]" if n else ""),
+            "train_images": n}
+
+
 def export_autoencoder(ckpt: str | Path, out_dir: str | Path, name: str, *,
                        use_ema: bool = True) -> Path:
     """``NAME.safetensors`` (EMA weights) + ``NAME.json`` (config, ``scale_factor``, SHA-256)."""
@@ -200,7 +210,7 @@ def export_autoencoder(ckpt: str | Path, out_dir: str | Path, name: str, *,
     meta = {"name": name, "kind": "autoencoder-kl",
             "autoencoder": dict(cfg["autoencoder"], in_channels=c, image_size=h),
             "image_shape": [c, h, w], "scale_factor": scale, "kl_weight": cfg["kl_weight"],
-            "recon": cfg["recon"], "trained_on": f"{cfg['dataset']}:train",
+            "recon": cfg["recon"], **trained_on(cfg["dataset"], cfg.get("train_images", 0)),
             "steps": int(state["step"]), "weights": "ema" if use_ema else "raw",
             "sha256": sha256_file(path), "torch": torch.__version__}
     (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2))
@@ -253,6 +263,11 @@ def export_latent_prior(ckpt: str | Path, autoencoder: str | Path, out_dir: str 
 
     check_export_name(name)
     _, ae_card = load_autoencoder(autoencoder)
+    try:
+        cfg = json.loads(load_checkpoint(ckpt)["config"])
+        data = trained_on(cfg["dataset"], cfg.get("train_images", 0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise IntegrityError(f"{ckpt} is not a train_prior checkpoint ({e})") from e
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ae_name = f"{name}-autoencoder"
@@ -264,7 +279,7 @@ def export_latent_prior(ckpt: str | Path, autoencoder: str | Path, out_dir: str 
                         "autoencoder_sha256": ae_card["sha256"],
                         "scale_factor": ae_card["scale_factor"],
                         "image_shape": ae_card["image_shape"]},
-             "domain": ae_card.get("trained_on", name).split(":")[0]}
+             "domain": ae_card.get("trained_on", name).split(":")[0], **data}
     return export_prior(ckpt, out_dir, name, extra=extra)
 
 
