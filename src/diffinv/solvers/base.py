@@ -60,6 +60,11 @@ class Solver:
     #: what else the solver needs of a measurement, in words, for its help (``list_solvers``);
     #: empty: any known (non-blind) operator that meets ``requires``
     needs: ClassVar[tuple[str, ...]] = ()
+    #: True for the blind solvers that return a kernel estimate (``trace["kernel"]``): they take
+    #: the ``discrepancy`` option of :func:`make_solver` (:mod:`diffinv.solvers._discrepancy`)
+    estimates_kernel: ClassVar[bool] = False
+    #: the discrepancy-principle safeguard's threshold tau (None: off); set by :func:`make_solver`
+    discrepancy: float | None = None
 
     def check_operator(self, operator: Any) -> None:
         missing = []
@@ -89,6 +94,10 @@ class Solver:
         prior.reset_nfe()
         t0 = time.perf_counter()
         x, trace = self.solve(y, physics, prior, gens)
+        if self.discrepancy is not None:
+            from diffinv.solvers._discrepancy import apply_fallback
+
+            x, trace = apply_fallback(self, y, physics, x, trace, self.discrepancy)
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
         return Result(x=x.detach(), nfe=prior.nfe, seconds=time.perf_counter() - t0, trace=trace)
@@ -202,7 +211,11 @@ def make_solver(name: str, /, *, preset: str | None = None, operator: str | None
     ``operator`` (the forward operator's registry name; an unknown name is refused, listing the
     known ones); explicit ``params`` override it. Pass
     user-given parameters through :func:`check_reserved` first: ``preset`` or ``operator`` among
-    them would clash with these arguments."""
+    them would clash with these arguments.
+
+    ``discrepancy=tau`` (blind solvers that estimate a kernel only; a number > 1) turns on the
+    discrepancy-principle safeguard of :mod:`diffinv.solvers._discrepancy`: an image whose
+    estimate leaves a residual above ``tau`` times the noise level is returned as ``y``."""
     _load_builtin()
     if name not in _REGISTRY:
         raise UnknownNameError("solver", name, list(_REGISTRY))
@@ -212,11 +225,25 @@ def make_solver(name: str, /, *, preset: str | None = None, operator: str | None
         from diffinv.solvers.presets import preset_params
 
         params = {**preset_params(preset, name, operator), **params}
+    tau = params.pop("discrepancy", None)
+    if tau is not None:
+        from diffinv.solvers._discrepancy import check_tau
+
+        if not getattr(_REGISTRY[name], "estimates_kernel", False):
+            kernel_solvers = sorted(n for n, c in _REGISTRY.items()
+                                    if getattr(c, "estimates_kernel", False))
+            raise DiffinvError(f"solver {name!r} estimates no blur kernel, so it has no "
+                               f"discrepancy option (blind solvers that do: "
+                               f"{', '.join(kernel_solvers)})")
+        tau = check_tau(tau, name)
     check_parameters(name, _REGISTRY[name], params)
     try:
-        return _REGISTRY[name](**params)
+        solver = _REGISTRY[name](**params)
     except (TypeError, ValueError) as e:
         raise DiffinvError(f"bad parameters for solver {name!r}: {e}") from e
+    if tau is not None:
+        solver.discrepancy = tau
+    return solver
 
 
 def _kind_of(param: Any) -> tuple[str, Callable[[Any], bool]] | None:

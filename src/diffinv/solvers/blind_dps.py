@@ -96,6 +96,7 @@ def _respaced(prior: Any, steps: int) -> Any:
 @register_solver("blind-dps")
 class BlindDPS(Solver):
     """BlindDPS: image and kernel diffusion chains guided by their shared residual norm."""
+    estimates_kernel = True  # trace["kernel"]; takes the discrepancy option
 
     summary = ("BlindDPS: parallel image + kernel diffusion (1000 steps), grad of "
                "||y - k0_hat * x0_hat|| on both chains (blind blur families; 9x9 conv. model "

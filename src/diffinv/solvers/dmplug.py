@@ -335,6 +335,7 @@ class DMPlug(Solver):
     follow the operator; True/False: insist), ``kernel_lr``, ``param_lr``, ``kernel_size``,
     ``wmv_candidates`` (extra (W, P) ES-WMV rules watched on the same run, for choosing W and P).
     """
+    estimates_kernel = True  # trace["kernel"]; takes the discrepancy option (blind runs)
 
     summary = "DMPlug: gradient descent on the seed of a 3-step DDIM generator (+ES-WMV, blind)"
     requires = ()

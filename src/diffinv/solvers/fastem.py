@@ -133,6 +133,7 @@ def hqs_kernel(y: Tensor, u0: Tensor, sigma: float, k0: Tensor, denoiser: Any, *
 @register_solver("fastem")
 class FastEM(Interleaved):
     """Fast diffusion EM: PiGDM E-step + one HQS/PnP kernel M-step per reverse step."""
+    estimates_kernel = True  # trace["kernel"]; takes the discrepancy option
 
     summary = ("FastEM (fast): 100 PiGDM-guided DDPM steps, one HQS + PnP-denoiser kernel "
                "M-step per step (blind blur families, circular; 9x9 conv. model on "

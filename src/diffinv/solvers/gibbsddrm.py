@@ -98,6 +98,7 @@ def langevin_kernel(phi: Tensor, gram: Tensor, rhs: Tensor, sigma_y: float, gamm
 @register_solver("gibbsddrm")
 class GibbsDDRM(Solver):
     """GibbsDDRM: DDRM in the current kernel's SVD + Langevin kernel updates."""
+    estimates_kernel = True  # trace["kernel"]; takes the discrepancy option
 
     summary = ("GibbsDDRM: DDRM steps in the current kernel's FFT SVD + Langevin kernel updates "
                "(blind blur families, circular; 9x9 conv. model on rotation/zoom)")

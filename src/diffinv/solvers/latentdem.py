@@ -61,6 +61,7 @@ def latentdem_scale(i: int, n: int, lo: float = 0.1, hi: float = 0.8, ramp: floa
 @register_solver("latentdem")
 class LatentDEM(LatentGuided):
     """LatentDEM: latent PSLD-style E-step + HQS/PnP kernel M-step at every step."""
+    estimates_kernel = True  # trace["kernel"]; takes the discrepancy option
 
     summary = ("LatentDEM (latent prior, blind): 1000 latent DDIM steps, PSLD-style E-step with "
                "the kernel estimate, 20 HQS + PnP-denoiser kernel iterations per step (circular "

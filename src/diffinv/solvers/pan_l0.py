@@ -295,6 +295,7 @@ class PanL0(Solver):
     rule), ``k_thresh`` (20), ``lambda_tv`` (1e-2, the final TV deconvolution), ``kappa`` (2),
     ``recentre`` (True: move the kernel's centre of mass to its anchor after each kernel step).
     """
+    estimates_kernel = True  # trace["kernel"]; takes the discrepancy option
 
     requires: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[tuple[str, ...]] = BLIND_NEEDS

@@ -116,6 +116,7 @@ def initial_mean(y: Tensor, problem: Any) -> Tensor:
 @register_solver("red-diff")
 class REDDiff(Solver):
     """Adam on the variational mean with the SNR-weighted denoiser regulariser."""
+    estimates_kernel = True  # trace["kernel"]; takes the discrepancy option (blind runs)
 
     summary = ("RED-diff: variational mean fitted by Adam, SNR-weighted denoiser regulariser, "
                "1000 steps (any operator; blind=true: blind blur families)")

@@ -162,6 +162,7 @@ class SelfDeblur(Solver):
     model; > 0: the TV-regularised variant), ``log_every`` (loss logged every that many
     iterations).
     """
+    estimates_kernel = True  # trace["kernel"]; takes the discrepancy option
 
     requires: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[tuple[str, ...]] = BLIND_NEEDS
