@@ -608,7 +608,7 @@ def test_a_cell_placeholder_prints_as_the_table_does():
                           f'column={column} }}}}')
             assert got == shown, (method, task, column)
             seen += 1
-    assert seen == 104
+    assert seen >= 104  # 26 rows x 4 columns when written; rows are only ever added
 
 
 # ------------------------------------------------------------------------------- the README
