@@ -37,6 +37,7 @@ def restore_rows(solver_name: str, family: str, indices: list[int]) -> list[dict
     from diffinv import load_prior
     from diffinv.data.datasets import load_split
     from diffinv.metrics.kernels import kernel_mse
+    from diffinv.metrics.psnr import psnr
     from diffinv.physics import make_operator, measure
     from diffinv.seeding import image_generators
     from diffinv.solvers import make_solver
@@ -57,10 +58,7 @@ def restore_rows(solver_name: str, family: str, indices: list[int]) -> list[dict
     k_err = kernel_mse(k, truth).tolist()
     d_err = kernel_mse(delta_kernel(len(indices), k.shape[-1]), truth).tolist()
 
-    def psnr(a: torch.Tensor) -> list[float]:
-        return (10 * torch.log10(4 / (a.clamp(-1, 1) - x).pow(2).flatten(1).mean(1))).tolist()
-
-    p, py = psnr(res.x), psnr(m.y)
+    p, py = psnr(res.x.clamp(-1, 1), x).tolist(), psnr(m.y.clamp(-1, 1), x).tolist()
     return [{"solver": solver_name, "family": family, "index": i, "psnr": p[j], "psnr_y": py[j],
              "ratio": float(ratio[j]), "kernel_mse": k_err[j], "delta_mse": d_err[j],
              "seconds": seconds} for j, i in enumerate(indices)]
