@@ -56,6 +56,23 @@ def test_blind_parameters_are_hidden_from_the_public_record():
     assert m.config["theta_range"] == [5.0, 25.0]
 
 
+@pytest.mark.parametrize("family", ["blind-motion-blur", "blind-airy-blur",
+                                    "blind-gaussian-blur-wide"])
+def test_true_kernels_rebuild_the_hidden_blur(family):
+    x = _images(3)
+    m = measure(x, family, "none", seed=2, indices=[4, 5, 6])
+    k = m.true_kernels()
+    assert k.shape == (3, 9, 9) and (k >= 0).all()
+    torch.testing.assert_close(k.sum((1, 2)), torch.ones(3))
+    assert not torch.equal(k[0], k[1])  # one kernel per image, not the first one repeated
+    for i in range(3):  # the returned kernel of image i, applied non-blind, gives its y
+        blur = make_operator("blur", kernel=k[i], boundary=m.config.get("boundary", "circular"))
+        torch.testing.assert_close(blur(x[i:i + 1]), m.y[i:i + 1], atol=1e-5, rtol=0)
+    with pytest.raises(DiffinvError, match="hidden truth"):
+        m.public().true_kernels()
+    assert measure(x, "blind-rotation-blur", "none", seed=2).true_kernels() is None
+
+
 @pytest.mark.parametrize("op,noise", [("blind-motion-blur", "poisson:25"),
                                       ("inpaint-box", "impulse:0.3"),
                                       ("phase-retrieval", "speckle:0.2"),

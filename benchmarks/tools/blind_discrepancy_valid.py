@@ -54,7 +54,7 @@ def restore_rows(solver_name: str, family: str, indices: list[int]) -> list[dict
     seconds = (time.perf_counter() - t0) / len(indices)
     k = res.trace["kernel"].to(res.x.dtype)
     ratio = discrepancy_ratios(m.y, res.x, k, blind_problem(solver, m.y, m.public()).blur, SIGMA)
-    truth = m.make_operator()._kernel(x, {**m.params, **m.true_params}).expand(len(indices), -1, -1)
+    truth = m.true_kernels()
     k_err = kernel_mse(k, truth).tolist()
     d_err = kernel_mse(delta_kernel(len(indices), k.shape[-1]), truth).tolist()
 

@@ -53,9 +53,7 @@ def true_kernels(operator: str, params: dict, noise: str, dataset: str, seed: in
     name, split = dataset.split(":")
     x = load_split(name, split).images[:n]
     op = make_operator(operator, **params)
-    m = measure(x, op, noise, seed, list(range(n)), source=dataset)
-    made = m.make_operator()
-    return made._kernel(x, {**m.params, **m.true_params}).expand(n, -1, -1).detach().cpu()
+    return measure(x, op, noise, seed, list(range(n)), source=dataset).true_kernels()
 
 
 def fmt(values: list[float], digits: int = 2) -> str:

@@ -85,6 +85,20 @@ class Measurement:
         """A copy without the hidden truth: what a solver receives."""
         return replace(self, x=None, true_params={})
 
+    def true_kernels(self) -> Tensor | None:
+        """The hidden ``(B, k, k)`` point-spread functions of a kernel-blur measurement, for
+        evaluation only (kernel error, comparisons with a delta); None when the operator is not a
+        kernel blur (rotation, zoom, inpainting, ...). Needs the hidden truth: raises on a public
+        copy of a blind measurement."""
+        op = self.make_operator()
+        if not hasattr(op, "_kernel"):
+            return None
+        if self.x is None or (self.blind and not self.true_params):
+            raise DiffinvError("true_kernels needs the hidden truth (x and the drawn parameters); "
+                               "this is a public copy of the measurement")
+        params = {**self.params, **self.true_params}
+        return op._kernel(self.x, params).expand(self.x.shape[0], -1, -1).detach().cpu()
+
 
 def _child_generators(seed: int, indices: list[int]) -> tuple[list, list]:
     """Per image, two independent generators (operator parameters, noise) from its seed."""

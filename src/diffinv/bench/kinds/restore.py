@@ -278,12 +278,7 @@ def _kernel_error(batch: Restored) -> list[float]:
 def true_kernels(batch: Restored) -> Any:
     """The hidden (B, k, k) kernels of a kernel-blur measurement (evaluation only), or None when
     the operator is not a kernel blur (rotation, zoom, inpainting, ...)."""
-    m = batch.measurement
-    op = m.make_operator()
-    if not hasattr(op, "_kernel"):
-        return None
-    params = {**m.params, **m.true_params}
-    return op._kernel(batch.x, params).expand(batch.x.shape[0], -1, -1).detach().cpu()
+    return batch.measurement.true_kernels()
 
 
 def score_batch(ctx: RunContext, batch: Restored) -> dict[str, list[float]]:
