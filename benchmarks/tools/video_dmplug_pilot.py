@@ -9,6 +9,20 @@
         --clips fashion32-video:valid:0-1 --iterations 200 \\
         --variants base semantic semantic+pixel -o benchmarks/video_dmplug_pilot.md
 
+    # budget curve: PSNR / WE against the iteration on validation clips, and where ES-WMV stops
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/tools/video_dmplug_pilot.py curve \\
+        --clips fashion32-video:valid:0-1 --iterations 500 \\
+        --variants base semantic pixel semantic+pixel semantic+pixel@1 \\
+        -o benchmarks/video_dmplug_curve.md
+
+``curve``: as ``pilot`` (no early stopping, the truth read for evaluation only), but every
+variant's PSNR is logged at every iteration and WE every ``--every`` iterations, and ES-WMV
+trackers (window W, patience P of ``--wmv``) are fed the iterates on the side: the table gives,
+per checkpoint, PSNR / WE of the iterate, and per rule the iteration where it stops and the PSNR /
+WE of what it picks (exactly what a run with ``early_stop="wmv"`` would return, capped at
+``--iterations``); a PNG plot beside the markdown file. A variant ``NAME@L`` runs variant NAME
+with pixel weight lambda = L. Validation clips only: the budget is chosen here.
+
 ``cost``: fashion32 validation clip 0, video-sr4 with Gaussian noise 0.01, seed 0; for each
 variant one run of ``--iterations`` (the first iteration, which warms up, is left out of the
 mean: s/iteration is the wall time of iterations 2..N over N - 1, read with a callback); Base is
@@ -61,10 +75,19 @@ def _measure(spec: str, frames: int, sigma: float):
     return cs, m
 
 
+def _variant(name: str, args: argparse.Namespace) -> tuple[str, float]:
+    """``NAME`` or ``NAME@LAMBDA`` -> (variant, pixel weight)."""
+    base, _, lam = name.partition("@")
+    if base not in VARIANTS:
+        raise SystemExit(f"unknown variant {base!r}; choose from {sorted(VARIANTS)}")
+    return base, float(lam) if lam else args.pixel_weight
+
+
 def _solver(variant: str, args: argparse.Namespace, iterations: int):
     from diffinv.video.dmplug import DMPlugVideo
 
-    return DMPlugVideo(iterations=iterations, pixel_weight=args.pixel_weight,
+    variant, lam = _variant(variant, args)
+    return DMPlugVideo(iterations=iterations, pixel_weight=lam,
                        flow_every=args.flow_every, flow_ema=args.flow_ema,
                        pixel_start=args.pixel_start, rank=args.rank
                        if VARIANTS[variant]["semantic"] else None, **VARIANTS[variant])
@@ -152,6 +175,105 @@ def pilot(args: argparse.Namespace, prior) -> list[str]:
     return lines
 
 
+def curve(args: argparse.Namespace, prior) -> list[str]:
+    import torch
+
+    from diffinv.metrics.psnr import psnr
+    from diffinv.solvers.early_stopping import WMVEarlyStopping
+    from diffinv.video import warping_error
+
+    cs, m = _measure(args.clips, args.frames, args.sigma)
+    B, T, C, H, W = cs.clips.shape
+    rules = [tuple(int(v) for v in r.split(",")) for r in args.wmv]
+    checkpoints = [it for it in range(args.every - 1, args.iterations, args.every)]
+
+    def scores(x):
+        p = psnr(x.reshape(B * T, C, H, W), cs.clips.reshape(B * T, C, H, W)).reshape(B, T)
+        return p.mean(1).double(), warping_error(x, cs.flows, cs.valid).double() * 100
+
+    lines = [f"# dmplug-video budget curve: {args.clips}, {T} frames, video SR x4, sigma "
+             f"{args.sigma}", "", *_header(args, prior),
+             f"Every variant: {args.iterations} Adam iterations (lr 1e-2) with no early stopping, "
+             f"solver seed 0; pixel term (where on): K {args.flow_every}, EMA {args.flow_ema}, from "
+             f"iteration {args.pixel_start}, lambda as named (`@L`: lambda = L, else "
+             f"{args.pixel_weight}); semantic: shared seed + "
+             f"{'full' if args.rank is None else f'rank-{args.rank}'} residuals. PSNR: mean over "
+             "frames (dB), WE x 1e-2 under the exact flow, both means over the clips. ES-WMV W/P: "
+             "the trackers fed every iterate on the side; 'stop' = the mean iteration where the "
+             f"rule stops (capped at {args.iterations}: a clip that does not stop counts as "
+             f"{args.iterations}), PSNR/WE of the iterate it picks. The truth is read for "
+             f"evaluation only. N = {B} validation clips: the budget is chosen here.", ""]
+    table: dict[str, dict[str, float]] = {}
+    curves: dict[str, torch.Tensor] = {}
+    for name in args.variants:
+        es = [WMVEarlyStopping(w, p) for w, p in rules]
+        we_at: dict[int, float] = {}
+
+        def cb(it, x, es=es, we_at=we_at):
+            for e in es:
+                if e.started and bool(e.stopped.all()):
+                    continue
+                e.update(x, it)
+            if it in checkpoints:
+                we_at[it] = float(scores(x)[1].mean())
+
+        t0 = time.perf_counter()
+        res = _solver(name, args, args.iterations)(m.y, m.public(), prior, seed=0,
+                                                   truth=cs.clips, callback=cb)
+        secs = time.perf_counter() - t0
+        trace = res.trace["psnr"]  # (iterations, B)
+        curves[name] = trace.mean(1)
+        row = {f"psnr@{it + 1}": float(trace[it].mean()) for it in checkpoints}
+        row.update({f"we@{it + 1}": we_at[it] for it in checkpoints})
+        row["oracle"] = float(trace.max(0).values.mean())
+        row["s/clip"] = secs / B
+        for (w, p), e in zip(rules, es, strict=True):
+            stop = torch.where(e.stopped, e.stop_iteration + 1,
+                               torch.full_like(e.stop_iteration, args.iterations))
+            picked = e.pick(res.x)
+            ps, we = scores(picked)
+            row[f"wmv{w}/{p} stop"] = float(stop.double().mean())
+            row[f"wmv{w}/{p} psnr"] = float(ps.mean())
+            row[f"wmv{w}/{p} we"] = float(we.mean())
+        table[name] = row
+        print(name, {k: round(v, 3) for k, v in row.items()}, flush=True)
+    op = m.make_operator()
+    p0, we0 = scores(op.adjoint(m.y, **m.params).mul(16).clamp(-1, 1))
+    _, wet = scores(cs.clips)
+    lines += [f"Do-nothing bar A^+ y (nearest upsampling): PSNR {float(p0.mean()):.2f}, WE "
+              f"{float(we0.mean()):.3f}; ground truth WE (floor) {float(wet.mean()):.3f}.", ""]
+    cols = [f"psnr@{it + 1}" for it in checkpoints]
+    lines += ["PSNR of the iterate (dB):", "", "| variant | " + " | ".join(
+        c.replace("psnr@", "it ") for c in cols) + " | oracle | s/clip |",
+        "|---|" + "--:|" * (len(cols) + 2)]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.2f}" for c in cols)
+                     + f" | {row['oracle']:.2f} | {row['s/clip']:.0f} |")
+    cols = [f"we@{it + 1}" for it in checkpoints]
+    lines += ["", "WE x 1e-2 of the iterate:", "", "| variant | " + " | ".join(
+        c.replace("we@", "it ") for c in cols) + " |", "|---|" + "--:|" * len(cols)]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
+    lines += ["", "ES-WMV (what a run with early_stop='wmv' returns, capped at the budget):", "",
+              "| variant | " + " | ".join(f"W {w} P {p}: stop / PSNR / WE" for w, p in rules)
+              + " |", "|---|" + "--:|" * len(rules)]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{row[f'wmv{w}/{p} stop']:.0f} / {row[f'wmv{w}/{p} psnr']:.2f} / "
+            f"{row[f'wmv{w}/{p} we']:.3f}" for w, p in rules) + " |")
+    if args.out:
+        from diffinv.plots import plot_curves
+
+        xs = list(range(1, args.iterations + 1))
+        png = plot_curves({name: (xs, c.tolist()) for name, c in curves.items()}
+                          | {"A^+ y": ([1, args.iterations], [float(p0.mean())] * 2)},
+                          Path(args.out).with_suffix(".png"), xlabel="iteration",
+                          ylabel="PSNR (dB), mean over clips",
+                          title=f"dmplug-video, {args.clips}, video SR x4")
+        lines += ["", f"![PSNR against the iteration]({png.name})"]
+    return lines
+
+
 def main() -> None:
     import torch
 
@@ -159,14 +281,17 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=("cost", "pilot"))
+    ap.add_argument("mode", choices=("cost", "pilot", "curve"))
     ap.add_argument("--dataset", default="fashion32")
     ap.add_argument("--clips", default="fashion32-video:valid:0-1")
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--sigma", type=float, default=0.01)
     ap.add_argument("--iterations", type=int, default=150)
     ap.add_argument("--variants", nargs="+", default=["base", "semantic+pixel"],
-                    choices=list(VARIANTS))
+                    help=f"from {sorted(VARIANTS)}; NAME@L sets the pixel weight lambda = L")
+    ap.add_argument("--every", type=int, default=50, help="curve: a checkpoint every N iterations")
+    ap.add_argument("--wmv", nargs="+", default=["50,300", "25,100"],
+                    help="curve: ES-WMV rules W,P fed on the side")
     ap.add_argument("--pixel-weight", type=float, default=0.1)
     ap.add_argument("--flow-every", type=int, default=10)
     ap.add_argument("--flow-ema", type=float, default=0.9)
@@ -178,7 +303,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     prior = load_prior(args.dataset)
-    lines = cost(args, prior) if args.mode == "cost" else pilot(args, prior)
+    lines = {"cost": cost, "pilot": pilot, "curve": curve}[args.mode](args, prior)
     text = "\n".join(lines) + "\n"
     if args.out:
         Path(args.out).write_text(text)
