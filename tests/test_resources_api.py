@@ -39,6 +39,15 @@ def pretend_available(monkeypatch, nbytes: int) -> None:
     monkeypatch.setattr("diffinv.resources.available_memory", lambda device=None: nbytes)
 
 
+def pretend_disk_free(monkeypatch, nbytes: int) -> None:
+    """Make every file system look ``nbytes`` free, so a test of another check does not depend on
+    the disk of the machine it runs on."""
+    import collections
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr("diffinv.resources.shutil.disk_usage",
+                        lambda _path: usage(2 * nbytes, nbytes, nbytes))
+
+
 def image(x: float = -0.5, n: int = 2, size: int = 32) -> torch.Tensor:
     return torch.full((n, 1, size, size), x) + 0.1 * torch.linspace(-1, 1, size).view(1, 1, 1, -1)
 
@@ -61,6 +70,8 @@ def test_prior_sample_refuses_a_batch_beyond_available_memory(prior, monkeypatch
 def test_cli_sample_refuses_a_batch_beyond_memory_and_writes_nothing(tmp_path, monkeypatch,
                                                                      capsys):
     monkeypatch.setattr("diffinv.seeding.image_generators", no_allocation)
+    pretend_disk_free(monkeypatch, 2**50)  # 1 PiB: the disk check passes on any machine
+    pretend_available(monkeypatch, 2**30)  # 1 GiB: the batch of 10^7 images needs far more
     monkeypatch.chdir(tmp_path)
     code = main(["sample", "-n", "10000000", "--batch", "10000000", "-o", "s.png",
                  "--tensor", "s.safetensors"])
@@ -72,6 +83,7 @@ def test_cli_sample_refuses_a_batch_beyond_memory_and_writes_nothing(tmp_path, m
 
 def test_cli_sample_refuses_a_tensor_beyond_the_disk(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("diffinv.seeding.image_generators", no_allocation)
+    pretend_disk_free(monkeypatch, 2**30)  # 1 GiB free; the tensor of 10^12 samples needs ~4 PiB
     code = main(["sample", "-n", str(10**12), "-o", str(tmp_path / "s.png"),
                  "--tensor", str(tmp_path / "s.safetensors")])
     err = capsys.readouterr().err
