@@ -47,3 +47,18 @@ def test_render_lists_each_solver_and_task(tmp_path):
     assert "| dps | sr4 | a | 20.50 |" in text and "| dps | inpaint | b | 22.50 |" in text
 
 
+
+
+def test_rerun_keeps_the_hand_written_sections(tmp_path, monkeypatch):
+    import json
+    import sys
+    results = tmp_path / "tune.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows("a", [20, 21]) + rows("b", [22, 23])))
+    picks = tmp_path / "picks.md"
+    picks.write_text("# Tuning picks from an older run\n\n| stale | table |\n\n"
+                     "## The settings chosen\n\n* **DPS: b**, because it won.\n")
+    monkeypatch.setattr(sys, "argv", ["pick_tuned.py", str(results), "-o", str(picks)])
+    pick_tuned.main()
+    text = picks.read_text()
+    assert "| stale | table |" not in text and "| dps | sr4 | b |" in text
+    assert text.endswith("## The settings chosen\n\n* **DPS: b**, because it won.\n")

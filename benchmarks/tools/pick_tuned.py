@@ -10,6 +10,9 @@ stream seeded by (seed, image)), so "best minus other" is a paired, per-image di
 95% Student-t interval says whether the pick is distinguishable from that value on these images.
 A tie on mean PSNR (within 0.05 dB) goes to the better mean SSIM. Only values whose cell has all
 its images (the largest N of that solver and task) compete; incomplete ones are listed as such.
+
+With -o naming an existing file, what people wrote there is kept: everything from the file's first
+"## " heading to its end (the tool writes no such heading) follows the regenerated table.
 """
 
 from __future__ import annotations
@@ -82,17 +85,28 @@ def render(groups: dict, sources: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def hand_written_tail(previous: str) -> str:
+    """The part of an earlier picks file that people wrote: from its first ``## `` heading on."""
+    lines = previous.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("## "):
+            return "".join(lines[i:])
+    return ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("jsonl", type=Path, nargs="+", help="every results file of the run")
-    ap.add_argument("-o", "--output", type=Path, default=None)
+    ap.add_argument("-o", "--output", type=Path, default=None,
+                    help="the picks file; an existing one keeps its sections from the first '## ' on")
     args = ap.parse_args()
     rows = [r for path in args.jsonl for r in read_records(path)[0]]
     if not rows:
         raise SystemExit(f"no rows in {' '.join(map(str, args.jsonl))}")
     text = render(per_image(rows), args.jsonl)
     if args.output:
-        args.output.write_text(text)
+        tail = hand_written_tail(args.output.read_text()) if args.output.exists() else ""
+        args.output.write_text(text + ("\n" + tail if tail else ""))
     print(text)
 
 
