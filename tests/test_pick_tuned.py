@@ -4,6 +4,8 @@ incomplete values never win, and the gap is the paired per-image difference."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 TOOL = Path(__file__).resolve().parents[1] / "benchmarks" / "tools" / "pick_tuned.py"
@@ -47,11 +49,7 @@ def test_render_lists_each_solver_and_task(tmp_path):
     assert "| dps | sr4 | a | 20.50 |" in text and "| dps | inpaint | b | 22.50 |" in text
 
 
-
-
 def test_rerun_keeps_the_hand_written_sections(tmp_path, monkeypatch):
-    import json
-    import sys
     results = tmp_path / "tune.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows("a", [20, 21]) + rows("b", [22, 23])))
     picks = tmp_path / "picks.md"

@@ -8,6 +8,7 @@ replaced by one that fails the test, so the refusal must come before it."""
 
 from __future__ import annotations
 
+import collections
 import math
 from pathlib import Path
 
@@ -42,7 +43,6 @@ def pretend_available(monkeypatch, nbytes: int) -> None:
 def pretend_disk_free(monkeypatch, nbytes: int) -> None:
     """Make every file system look ``nbytes`` free, so a test of another check does not depend on
     the disk of the machine it runs on."""
-    import collections
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr("diffinv.resources.shutil.disk_usage",
                         lambda _path: usage(2 * nbytes, nbytes, nbytes))
