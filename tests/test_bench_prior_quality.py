@@ -144,3 +144,19 @@ def test_a_flow_prior_is_sampled_by_its_ode_solver_and_refuses_ddim(tmp_path, to
                                        '{name = "heun", steps = 2, eta = 0.5}'))
     with pytest.raises(BenchConfigError, match="unknown key"):
         run_benchmark(p, progress=False)
+
+
+def test_sample_features_are_kept_beside_the_samples_and_tied_to_them(tmp_path, monkeypatch):
+    import diffinv.metrics.fid as fid
+    from diffinv.bench.kinds.prior_quality import _sample_features
+
+    calls = []
+    monkeypatch.setattr(fid, "inception_features",
+                        lambda x, progress=False: calls.append(len(x)) or x.flatten(1)[:, :4].clone())
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    first = _sample_features(x, tmp_path)
+    assert (tmp_path / "features.safetensors").is_file() and calls == [3]
+    again = _sample_features(x, tmp_path)  # the same samples: read back, not recomputed
+    assert calls == [3] and torch.equal(first, again)
+    other = _sample_features(x.flip(0), tmp_path)  # other samples: recomputed, never mixed up
+    assert calls == [3, 3] and torch.equal(other, x.flip(0).flatten(1)[:, :4])

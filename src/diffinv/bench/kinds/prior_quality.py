@@ -274,6 +274,28 @@ def _draw(prior: Any, n: int, seed: int, sampler: dict[str, Any], chunk: int,
     return torch.cat(parts), nfe
 
 
+def _sample_features(x: Any, cache: Path) -> Any:
+    """The Inception features of the samples ``x``, kept beside the cached samples
+    (``features.safetensors``, with the samples' fingerprint): a rerun does not recompute them,
+    and tools can re-use them (split-half FIDs: ``benchmarks/tools/fid_split_half.py``)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from diffinv.metrics.fid import images_fingerprint, inception_features
+
+    path, fingerprint = cache / "features.safetensors", images_fingerprint(x)
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("fingerprint") == fingerprint:
+                return f.get_tensor("features")
+    feats = inception_features(x, progress=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"features": feats.contiguous()}, str(tmp), metadata={"fingerprint": fingerprint})
+    os.replace(tmp, path)
+    return feats
+
+
 def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]:
     import time
 
@@ -281,12 +303,7 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
 
     from diffinv.data import load_split
     from diffinv.metrics.digits import confident_fraction
-    from diffinv.metrics.fid import (
-        feature_statistics,
-        frechet_distance,
-        inception_features,
-        reference_statistics,
-    )
+    from diffinv.metrics.fid import feature_statistics, frechet_distance, reference_statistics
 
     if ctx.options["threads"]:
         ctx.cached("threads", lambda: torch.set_num_threads(ctx.options["threads"]))
@@ -310,7 +327,7 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
                                          progress=True)
         floor_stats = reference_statistics(floor, stats_dir / f"{domain}-{ctx.options['floor']}-{n}.npz",
                                            progress=True)
-        mu, sigma = feature_statistics(inception_features(x, progress=True))
+        mu, sigma = feature_statistics(_sample_features(x, cache))
         fid = frechet_distance(mu, sigma, ref_stats["mu"], ref_stats["sigma"])
         fid_floor = frechet_distance(floor_stats["mu"], floor_stats["sigma"], ref_stats["mu"],
                                      ref_stats["sigma"])
