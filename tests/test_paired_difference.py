@@ -51,3 +51,22 @@ def test_each_method_minus_one_reference(tmp_path, monkeypatch, capsys):
     assert "+4.8333" in lines["good"] and lines["good"].endswith("| above |")
     assert "-5.1667" in lines["bad"] and lines["bad"].endswith("| below |")
     assert "+0.0000" in lines["same"] and lines["same"].endswith("| level |")
+
+
+def test_a_combined_axis_pairs_rows_that_differ_in_both():
+    """``method+prior``: one solver on one prior against another solver on another prior, matched
+    by the remaining axes (task) and the image; a plain ``method`` axis cannot pair them."""
+    stamp = "2026-12-05T10:00:00.000+00:00"
+
+    def on(prior, label, psnrs, task="sr"):
+        return [{"cell": {"method": {"label": label}, "prior": {"label": prior},
+                          "task": {"label": task}}, "index": i, "metrics": {"psnr": p},
+                 "finished": stamp} for i, p in enumerate(psnrs)]
+
+    data = (on("big", "DPS", [20.0, 22.0]) + on("small", "PnP", [19.0, 23.5])
+            + on("small", "PnP", [1.0, 1.0], task="other"))
+    assert paired_difference.paired(data, "method", "DPS", "PnP") == {}  # priors differ
+    diffs = paired_difference.paired(data, "method+prior", "DPS @ big", "PnP @ small")
+    assert dict(diffs) == {(("task", "sr"),): {"psnr": [-1.0, 1.5]}}
+    best = paired_difference.best_other(data, "method+prior", "PnP @ small", "psnr")
+    assert best == {(("task", "sr"),): "DPS @ big"}

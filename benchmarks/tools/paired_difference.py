@@ -51,7 +51,9 @@ from diffinv.bench.records import read_records
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("jsonl", type=Path, nargs="+", help="the run's rows (several files: its shards)")
-    ap.add_argument("--axis", default="prior")
+    ap.add_argument("--axis", default="prior",
+                    help="the axis whose labels --a and --b name; AXIS1+AXIS2 (method+prior) "
+                         "compares rows that differ in both, labels 'METHOD @ PRIOR'")
     ap.add_argument("--a", required=True, action="append",
                     help="label of the reference row (repeatable: b minus each)")
     ap.add_argument("--b", required=True, action="append",

@@ -282,7 +282,7 @@ def _one_file(ctx: _Context, files: list[str]) -> str:
 
 
 def _paired(ctx: _Context, files: list[str], opts: dict[str, str]) -> list[Figure]:
-    from diffinv.bench.paired import latest_rows, paired, paired_with_best
+    from diffinv.bench.paired import axis_label, axis_parts, latest_rows, paired, paired_with_best
     from diffinv.bench.stats import mean_interval
 
     if not files:
@@ -302,7 +302,7 @@ def _paired(ctx: _Context, files: list[str], opts: dict[str, str]) -> list[Figur
     for key in ("a", "b"):
         if key not in opts:
             raise ctx.error(f"needs {key}= (the paired difference is b minus a)")
-    labels = {r["cell"][axis]["label"] for r in rows if axis in r.get("cell", {})}
+    labels = {axis_label(r, axis) for r in rows if r.get("cell")} - {None}
     if not labels:
         raise ctx.error(f"the rows have no axis {axis!r}")
     for key in ("a", "b"):
@@ -316,7 +316,7 @@ def _paired(ctx: _Context, files: list[str], opts: dict[str, str]) -> list[Figur
         diffs = paired(rows, axis, opts["a"], opts["b"])
     reserved = _FORMAT_KEYS | {"a", "b", "axis", "metric", "exclude", "best-by"}
     selectors = {k: v for k, v in opts.items() if k not in reserved}
-    axes = {k for r in rows for k in r.get("cell", {})} - {axis}
+    axes = {k for r in rows for k in r.get("cell", {})} - set(axis_parts(axis))
     for key in selectors:
         if key not in axes:
             raise ctx.error(f"the rows have no axis {key!r} (axes: {', '.join(sorted(axes))})")

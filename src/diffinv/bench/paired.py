@@ -1,6 +1,7 @@
 """Paired per-image differences between two labels of one axis of a restore run (same images,
 same measurements, same solver seeds): the statistics of ``benchmarks/tools/paired_difference.py``
-and of the docs' ``{{ paired ... }}`` figures (:mod:`diffinv.docs_figures`).
+and of the docs' ``{{ paired ... }}`` figures (:mod:`diffinv.docs_figures`). A combined axis,
+``method+prior``, compares rows that differ in both (labels ``"PnP-Flow @ n500-full"``).
 
 Rows are matched by their other axes' labels and the image index, so the interval is that of the
 paired difference. Where a cell was re-run under new settings with the same labels, the newest
@@ -18,9 +19,31 @@ from diffinv.bench.stats import mean_interval
 Diffs = dict[tuple, dict[str, list[float]]]
 
 
+#: joins the labels of a combined axis (``--axis method+prior``): ``"DPS @ fashion32"``
+JOINT = " @ "
+
+
+def axis_parts(axis: str | None) -> tuple[str, ...]:
+    """The axes of ``axis``: one name, or several joined by ``+`` (``method+prior``): rows are then
+    compared across both at once, e.g. one solver on one prior against another on another."""
+    return tuple(axis.split("+")) if axis else ()
+
+
+def axis_label(row: dict, axis: str) -> str | None:
+    """The row's label on ``axis`` (a combined axis: its parts' labels joined by `` @ ``), or
+    None where the row lacks one of its parts."""
+    cell = row["cell"]
+    parts = axis_parts(axis)
+    if not all(a in cell for a in parts):
+        return None
+    return JOINT.join(cell[a]["label"] for a in parts)
+
+
 def cell_labels(row: dict, without: str | None = None) -> tuple[tuple[str, str], ...]:
-    """The row's (axis, label) pairs, sorted, leaving out axis ``without``."""
-    return tuple(sorted((k, v["label"]) for k, v in row["cell"].items() if k != without))
+    """The row's (axis, label) pairs, sorted, leaving out axis ``without`` (every part of a
+    combined axis)."""
+    skip = axis_parts(without)
+    return tuple(sorted((k, v["label"]) for k, v in row["cell"].items() if k not in skip))
 
 
 def latest_rows(rows: list[dict]) -> list[dict]:
@@ -39,7 +62,7 @@ def paired(rows: list[dict], axis: str, a: str, b: str) -> Diffs:
     """{(other axes' labels): {metric: [b - a per matched image]}}."""
     side: dict[str, dict[tuple, dict]] = {a: {}, b: {}}
     for r in rows:
-        label = r["cell"][axis]["label"]
+        label = axis_label(r, axis)
         if label not in side:
             continue
         rest = cell_labels(r, axis)
@@ -62,8 +85,9 @@ def best_other(rows: list[dict], axis: str, b: str, metric: str,
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         rest = cell_labels(r, axis)
-        if metric in r["metrics"]:
-            values[rest][r["cell"][axis]["label"]].append(r["metrics"][metric])
+        label = axis_label(r, axis)
+        if label is not None and metric in r["metrics"]:
+            values[rest][label].append(r["metrics"][metric])
     out = {}
     for rest, by_label in values.items():
         n_b = len(by_label.get(b, []))
