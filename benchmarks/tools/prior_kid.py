@@ -123,17 +123,19 @@ def main() -> None:
              "not for the training seed. Lower is better.",
              f"- Differences: each row minus {base[0]}, the same half-sample indices for both rows "
              "(sample i of each prior from the same seed): below = better than it beyond the interval.",
-             "", "| row | KID x 1000 | minus " + base[0] + " | vs " + base[0] + " |", "|---|--:|--:|---|"]
+             "", "| row | KID x 1000 | minus " + base[0] + " | 95% interval | vs " + base[0] + " |",
+             "|---|--:|--:|--:|---|"]
     for k in by_label:
         sd = float(spread[k].std())
         cell = f"{1000 * full[k]:.2f} ± {1000 * 1.96 * sd:.2f}"
         if k == base[0]:
-            lines.append(f"| {k} | {cell} | – | – |")
+            lines.append(f"| {k} | {cell} | – | – | – |")
             continue
         d = full[k] - full[base[0]]
         h = 1.96 * float((spread[k] - spread[base[0]]).std())
         verdict = "below" if d + h < 0 else "above" if d - h > 0 else "level"
-        lines.append(f"| {k} | {cell} | {1000 * d:+.2f} ± {1000 * h:.2f} | {verdict} |")
+        interval = f"{1000 * d:+.2f} [{1000 * (d - h):+.2f}, {1000 * (d + h):+.2f}]"
+        lines.append(f"| {k} | {cell} | {1000 * d:+.2f} ± {1000 * h:.2f} | {interval} | {verdict} |")
         if not math.isfinite(d):
             raise SystemExit(f"{k}: non-finite KID")
     args.output.write_text("\n".join(lines) + "\n")
