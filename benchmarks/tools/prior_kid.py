@@ -61,24 +61,12 @@ def sample_features(row: dict) -> torch.Tensor:
 
 
 def reference_features(domain: str, split: str, n: int) -> torch.Tensor:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     from diffinv.data import load_split
-    from diffinv.metrics.fid import images_fingerprint, inception_features
+    from diffinv.metrics.fid import cached_features
 
-    images = load_split(domain, split).images[:n]
     root = Path(os.environ.get("DIFFINV_CACHE", Path.home() / ".cache" / "diffinv"))
     path = root / "prior-quality" / "reference" / f"{domain}-{split}-{n}-features.safetensors"
-    fingerprint = images_fingerprint(images)
-    if path.is_file():
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("fingerprint") == fingerprint:
-                return f.get_tensor("features")
-    feats = inception_features(images, progress=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"features": feats.contiguous()}, str(path), metadata={"fingerprint": fingerprint})
-    return feats
+    return cached_features(load_split(domain, split).images[:n], path, progress=True)
 
 
 def main() -> None:

@@ -195,6 +195,27 @@ def images_fingerprint(images: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def cached_features(images: torch.Tensor, path: str | os.PathLike,
+                    progress: bool = False) -> torch.Tensor:
+    """The Inception features of ``images`` (:func:`inception_features`), kept in ``path`` (a
+    safetensors file holding the images' fingerprint): read back when the file was computed from
+    exactly these images, else computed and (atomically) rewritten."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path, fingerprint = Path(path), images_fingerprint(images)
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("fingerprint") == fingerprint:
+                return f.get_tensor("features")
+    feats = inception_features(images, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"features": feats.contiguous()}, str(tmp), metadata={"fingerprint": fingerprint})
+    os.replace(tmp, path)
+    return feats
+
+
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, n: int,
                     fingerprint: str = "") -> Path:
     """Write FID statistics to an .npz (with N, the images' fingerprint and the conventions)."""

@@ -277,23 +277,10 @@ def _draw(prior: Any, n: int, seed: int, sampler: dict[str, Any], chunk: int,
 def _sample_features(x: Any, cache: Path) -> Any:
     """The Inception features of the samples ``x``, kept beside the cached samples
     (``features.safetensors``, with the samples' fingerprint): a rerun does not recompute them,
-    and tools can re-use them (split-half FIDs: ``benchmarks/tools/fid_split_half.py``)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    and tools can re-use them (KID with intervals: ``benchmarks/tools/prior_kid.py``)."""
+    from diffinv.metrics.fid import cached_features
 
-    from diffinv.metrics.fid import images_fingerprint, inception_features
-
-    path, fingerprint = cache / "features.safetensors", images_fingerprint(x)
-    if path.is_file():
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("fingerprint") == fingerprint:
-                return f.get_tensor("features")
-    feats = inception_features(x, progress=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"features": feats.contiguous()}, str(tmp), metadata={"fingerprint": fingerprint})
-    os.replace(tmp, path)
-    return feats
+    return cached_features(x, cache / "features.safetensors", progress=True)
 
 
 def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]:
