@@ -27,23 +27,18 @@ Nothing is selected with the reference images: they are the table's own.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 from pathlib import Path
 
 import torch
 
 
 def read_rows(paths: list[Path]) -> list[dict]:
-    rows = []
-    for p in paths:
-        for line in p.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                if "metrics" in r and "sample_cache" in (r.get("extra") or {}):
-                    rows.append(r)
-    return rows
+    """The evaluated rows (those with cached samples) of the table's files."""
+    from diffinv.bench.records import read_records
+
+    return [r for p in paths for r in read_records(p)[0]
+            if "metrics" in r and "sample_cache" in (r.get("extra") or {})]
 
 
 def label(row: dict) -> str:
@@ -61,11 +56,11 @@ def sample_features(row: dict) -> torch.Tensor:
 
 
 def reference_features(domain: str, split: str, n: int) -> torch.Tensor:
+    from diffinv.bench.kinds.prior_quality import reference_cache_dir
     from diffinv.data import load_split
     from diffinv.metrics.fid import cached_features
 
-    root = Path(os.environ.get("DIFFINV_CACHE", Path.home() / ".cache" / "diffinv"))
-    path = root / "prior-quality" / "reference" / f"{domain}-{split}-{n}-features.safetensors"
+    path = reference_cache_dir() / f"{domain}-{split}-{n}-features.safetensors"
     return cached_features(load_split(domain, split).images[:n], path, progress=True)
 
 

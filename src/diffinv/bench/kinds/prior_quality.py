@@ -225,10 +225,18 @@ def _memorised(ctx: RunContext, prior: Any, entry: Entry, x: Any, cache: Path
                   "memorisation_cache": str(path)}
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("DIFFINV_CACHE", Path.home() / ".cache" / "diffinv")) / "prior-quality"
+
+
+def reference_cache_dir() -> Path:
+    """Where the reference and floor statistics (and tools' reference features) are cached."""
+    return _cache_root() / "reference"
+
+
 def _cache_dir(sha: str, sampler: dict[str, Any], seed: int) -> Path:
-    root = Path(os.environ.get("DIFFINV_CACHE", Path.home() / ".cache" / "diffinv"))
     tag = hashlib.sha256(json.dumps([sha, sampler, seed], sort_keys=True).encode()).hexdigest()[:16]
-    return root / "prior-quality" / tag
+    return _cache_root() / tag
 
 
 def draw_samples(prior: Any, n: int, seed: int, sampler: dict[str, Any], chunk: int,
@@ -304,7 +312,7 @@ def run(ctx: RunContext, cell: Cell, indices: Sequence[int]) -> list[UnitResult]
     if len(ref) < n or len(floor) < n:
         raise BenchConfigError(f"n_samples {n} exceeds the reference or floor split of {domain}")
     cache = _cache_dir(str(prior.sha256), sampler, ctx.seed)
-    stats_dir = cache.parent / "reference"
+    stats_dir = reference_cache_dir()
     out = []
     for _ in indices:
         t0 = time.perf_counter()
