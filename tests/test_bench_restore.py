@@ -323,6 +323,31 @@ def test_kernel_error_column_compares_the_estimate_with_the_hidden_kernel(tmp_pa
         assert r["metrics"]["kernel-mse"] == pytest.approx(float(kernel_mse(delta, true)), rel=1e-6)
 
 
+def test_residual_is_the_data_misfit_under_the_true_operator(tmp_path, fakes):
+    """``residual`` = ||y - A(x_hat)|| / sqrt(m) with A the true operator: on denoising, the
+    "measured" stand-in (x_hat = y + 0.01 z) scores 0.01 ||z|| / sqrt(m) ~ 0.01 (sd 0.01 /
+    sqrt(2 m)); on a blind blur the hidden kernel is the one applied."""
+    tasks = [{"name": "denoise", "operator": "identity", "noise": "gaussian:0.05"},
+             {"name": "blind-gauss", "operator": "blind-gaussian-blur", "noise": "gaussian:0.05"}]
+    run_benchmark(write_task(tmp_path, methods=["measured"], tasks=tasks,
+                             metrics=("psnr", "residual")), progress=False)
+    rows = read_records(tmp_path / "out" / "r.jsonl")[0]
+    images = fake_split("fashion32", "test").images
+    assert len(rows) == 10
+    for r in rows:
+        i, task = r["index"], r["cell"]["task"]["params"]["operator"]
+        x = images[i:i + 1]
+        m = measure(x, make_operator(task), "gaussian:0.05", 3, [i])
+        x_hat = m.y + 0.01 * randn(m.y.shape[1:], image_generators(derived_seed(3, "solver"), [i]))
+        op = m.make_operator()
+        want = (m.y - op.forward(x_hat, **m.params, **m.true_params)).norm() / m.y.numel() ** 0.5
+        assert r["metrics"]["residual"] == pytest.approx(float(want), rel=1e-4)
+        if task == "identity":
+            assert abs(r["metrics"]["residual"] - 0.01) < 5 * 0.01 / (2 * 1024) ** 0.5
+        else:  # the public copy's kernel would be wrong: the hidden one is used
+            assert m.true_params
+
+
 def test_gallery_draws_estimated_kernels_beside_the_true_ones(tmp_path, fakes):
     """A method with ``trace["kernel"]`` on a kernel-blur family adds TASK_kernels.png: the true
     kernel column, then each estimating method's, captioned with the kernel MSE of the table."""

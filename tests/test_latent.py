@@ -364,3 +364,74 @@ def test_cli_trains_an_autoencoder_then_a_latent_prior_that_loads(tmp_path, caps
         c = json.loads(card.read_text())
         assert (c["trained_on"], c["train_images"]) == ("fashion32:train[:8]", 8), card.name
     capsys.readouterr()
+
+
+# ------------------------------------------------------------------------ reconstruction ceiling
+class _OffsetRoundTrip(torch.nn.Module):
+    """D(E(x)) = x + offset, clamped by reconstruct(): a known PSNR."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = torch.nn.Parameter(torch.tensor(offset), requires_grad=False)
+
+    def encode(self, x):
+        return x * 2.0
+
+    def decode(self, z):
+        return z / 2.0 + self.offset
+
+
+def test_reconstruction_psnr_matches_its_closed_form_and_batching_does_not_matter():
+    from diffinv.latent.evaluate import reconstruct, reconstruction_scores
+
+    x = images(5) * 0.5  # |x| <= 0.4: x + 0.1 stays inside [-1, 1]
+    s = reconstruction_scores(_OffsetRoundTrip(0.1), x, batch=2)
+    # an offset 0.1 on [-1, 1] is 0.05 on the [0, 1] frame: PSNR = 10 log10(1 / 0.05^2)
+    assert torch.allclose(s["psnr"], torch.full((5,), 26.0206), atol=1e-3)
+    assert torch.equal(reconstruct(_OffsetRoundTrip(0.1), x, batch=2),
+                       reconstruct(_OffsetRoundTrip(0.1), x, batch=5))
+    assert torch.all(reconstruct(_OffsetRoundTrip(5.0), x) <= 1.0)  # clamped to the image range
+    with pytest.raises(ShapeError):
+        reconstruct(_OffsetRoundTrip(0.1), x[0])
+
+
+def test_autoencoder_from_checkpoint_is_the_exported_model(tmp_path):
+    from diffinv.errors import IntegrityError
+    from diffinv.latent.evaluate import autoencoder_from_checkpoint, reconstruct
+    from diffinv.latent.training import (
+        AutoencoderConfig,
+        export_autoencoder,
+        load_autoencoder,
+        train_autoencoder,
+    )
+
+    data = images(8)
+    cfg = AutoencoderConfig(out=str(tmp_path / "a"), steps=3, batch=4, ckpt_every=3, log_every=1,
+                            warmup=1, scale_images=8,
+                            autoencoder=dict(latent_channels=4, base_channels=8,
+                                             channel_mults=[1, 2], blocks=1))
+    ckpt = train_autoencoder(cfg, data=data, progress=False)
+    from_ckpt, info = autoencoder_from_checkpoint(ckpt)
+    exported, _ = load_autoencoder(export_autoencoder(ckpt, tmp_path / "e", "ae"))
+    assert info["step"] == 3
+    assert torch.equal(reconstruct(from_ckpt, data), reconstruct(exported, data))
+    raw, _ = autoencoder_from_checkpoint(ckpt, use_ema=False)
+    assert not torch.equal(reconstruct(raw, data), reconstruct(from_ckpt, data))
+    bad = tmp_path / "bad.pt"
+    torch.save({"step": 1}, bad)
+    with pytest.raises(IntegrityError):
+        autoencoder_from_checkpoint(bad)
+
+
+def test_an_autoencoder_shipped_beside_a_latent_prior_is_not_listed_as_a_prior(tmp_path,
+                                                                               monkeypatch):
+    from diffinv.diffusion import zoo
+
+    for name, card in [("x-latent", {"kind": "diffusion", "latent": {}}),
+                       ("x-latent-autoencoder", {"kind": "autoencoder-kl"}),
+                       ("plain", {"schedule": "linear"})]:
+        (tmp_path / f"{name}.safetensors").write_bytes(b"")
+        (tmp_path / f"{name}.json").write_text(json.dumps(card))
+    (tmp_path / "orphan.safetensors").write_bytes(b"")  # no card: not listed
+    monkeypatch.setattr(zoo, "embedded_dir", lambda: tmp_path)
+    assert zoo.available_priors() == ["plain", "x-latent"]

@@ -52,10 +52,22 @@ def embedded_dir() -> Path:
     return Path(str(resources.files("diffinv") / "priors"))
 
 
+def _is_prior_card(card: Path) -> bool:
+    """A card beside weights that ``load_prior`` loads: not an autoencoder shipped beside a
+    latent prior (``"kind": "autoencoder-kl"``, the first stage, loaded through its prior)."""
+    if not card.is_file():
+        return False
+    try:
+        return json.loads(card.read_text()).get("kind") != "autoencoder-kl"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return True  # listed; load_prior then reports what is wrong with it
+
+
 def available_priors() -> list[str]:
-    """Names of the priors shipped in the package."""
+    """Names of the priors shipped in the package (autoencoders shipped beside a latent prior
+    are not priors and are not listed)."""
     d = embedded_dir()
-    return sorted(p.stem for p in d.glob("*.safetensors") if p.with_suffix(".json").is_file())
+    return sorted(p.stem for p in d.glob("*.safetensors") if _is_prior_card(p.with_suffix(".json")))
 
 
 def _build(

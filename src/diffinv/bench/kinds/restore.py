@@ -37,6 +37,10 @@ Two kinds of metric names read the solver's trace instead of scoring ``x_hat``:
   checks this). No other solver ever sees ``x``;
 * ``"kernel-mse"``: the MSE between the solver's estimated kernel ``trace["kernel"]`` and the
   true kernel of a blind blur family, after centring both (:mod:`diffinv.metrics.kernels`);
+* ``"residual"``: the measurement residual ``||y - A(x_hat)||_2 / sqrt(m)`` of each image (``m``
+  the entries of its ``y``; ``A`` the true operator, with a blind family's hidden parameters):
+  a method that fits the data to the noise level scores ~ sigma (hard data consistency, as
+  ReSample's, should), a larger value is unexplained data, a much smaller one fitted noise;
 * ``"oracle_gap"``: oracle - psnr of the output, image by image (what choosing the iterate with
   the truth would add to the method's result; its mean and interval are those of the paired
   difference, tighter than the two columns' own intervals suggest). Needs the truth as "oracle".
@@ -98,7 +102,7 @@ def validate(ctx: RunContext, cells: Sequence[Cell]) -> None:
     if split not in SPLITS:
         raise UnknownNameError("split", split, list(SPLITS))
     for m in ctx.metrics:
-        if trace_key(m) is None and m not in (ORACLE_GAP, KERNEL_MSE):
+        if trace_key(m) is None and m not in (ORACLE_GAP, KERNEL_MSE, RESIDUAL):
             get_metric(m)
     validate_entries(cells)
     n = len(dataset_split(ctx))
@@ -120,6 +124,7 @@ def _score(metric: Any, x_hat: Any, x: Any, labels: Any) -> list[float]:
 ORACLE = "oracle"
 ORACLE_GAP = "oracle_gap"
 KERNEL_MSE = "kernel-mse"
+RESIDUAL = "residual"
 TRACE_PREFIX = "trace:"
 
 
@@ -275,6 +280,20 @@ def _kernel_error(batch: Restored) -> list[float]:
     return [float(v) for v in kernel_mse(est.detach().cpu(), true)]
 
 
+def _measurement_residual(batch: Restored) -> list[float]:
+    """``residual``: ``||y - A(x_hat)|| / sqrt(m)`` per image under the true operator (a blind
+    family's hidden parameters included; evaluation only, the solver never sees them)."""
+    import torch
+
+    m = batch.measurement
+    op = m.make_operator()
+    params = {**m.params, **m.true_params}
+    with torch.no_grad():
+        x_hat = batch.result.x.detach().to(m.y.device, m.y.dtype)
+        r = (m.y - op.forward(x_hat, **params)).reshape(m.y.shape[0], -1)
+    return [float(v) for v in r.norm(dim=1) / r.shape[1] ** 0.5]
+
+
 def true_kernels(batch: Restored) -> Any:
     """The hidden (B, k, k) kernels of a kernel-blur measurement (evaluation only), or None when
     the operator is not a kernel blur (rotation, zoom, inpainting, ...)."""
@@ -290,6 +309,8 @@ def score_batch(ctx: RunContext, batch: Restored) -> dict[str, list[float]]:
     def column(name: str) -> list[float]:
         if name == KERNEL_MSE:
             return _kernel_error(batch)
+        if name == RESIDUAL:
+            return _measurement_residual(batch)
         if name == ORACLE_GAP:
             oracle = _from_trace(batch.result.trace, "oracle_psnr", n)
             out = _score(get_metric("psnr"), batch.result.x, batch.x, batch.labels)
@@ -323,6 +344,7 @@ register_job_kind(
           "dataset": DATASET_HELP,
           "n_images": "images per cell: images 0 .. n_images - 1 of the split",
           "metrics": f"diffinv.metrics names (psnr, ssim, ...); \"{ORACLE}\" (best PSNR over the "
-                     f"iterates), \"{ORACLE_GAP}\" (oracle - psnr), \"{KERNEL_MSE}\", "
+                     f"iterates), \"{ORACLE_GAP}\" (oracle - psnr), \"{KERNEL_MSE}\", \"{RESIDUAL}\" "
+                     "(||y - A(x_hat)|| / sqrt(m), ~ sigma for a method that fits the data), "
                      f"\"{TRACE_PREFIX}KEY\" (a value of the solver's trace)"},
 )
