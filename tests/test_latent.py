@@ -366,6 +366,23 @@ def test_cli_trains_an_autoencoder_then_a_latent_prior_that_loads(tmp_path, caps
     capsys.readouterr()
 
 
+def test_a_run_stopped_before_its_last_step_is_not_exported(tmp_path, capsys):
+    """--export writes the model when the run is done, never a half-trained one (a run stopped
+    by --max-steps-this-run here; a signal stop takes the same path); the rerun exports."""
+    from diffinv.cli import main
+
+    argv = ["train-autoencoder", "--dataset", "fashion32", "--out", str(tmp_path / "ae"),
+            "--steps", "3", "--batch", "2", "--warmup", "1", "--train-images", "8", "--base", "8",
+            "--mults", "1,2", "--no-progress", "--device", "cpu", "--export", str(tmp_path / "x"),
+            "--name", "ae"]
+    assert main(argv + ["--max-steps-this-run", "2"]) == 0
+    assert "stopped at step 2 of 3: not exported" in capsys.readouterr().out
+    assert not (tmp_path / "x" / "ae.safetensors").exists()
+    assert main(argv) == 0
+    assert "exported:" in capsys.readouterr().out
+    assert json.loads((tmp_path / "x" / "ae.json").read_text())["steps"] == 3
+
+
 # ------------------------------------------------------------------------ reconstruction ceiling
 class _OffsetRoundTrip(torch.nn.Module):
     """D(E(x)) = x + offset, clamped by reconstruct(): a known PSNR."""

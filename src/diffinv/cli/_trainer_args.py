@@ -86,10 +86,26 @@ def start_run(args: argparse.Namespace,
 def train_and_export(args: argparse.Namespace, train: Callable[..., Path], cfg: Any,
                      export: Callable[[Path], Path], **kwargs: Any) -> int:
     """Run ``train(cfg, **kwargs)`` with the run options, print its checkpoint and, with
-    ``--export``, ``export`` it (printing the exported file); returns the exit code 0."""
+    ``--export``, ``export`` it (printing the exported file) once the run has reached
+    ``cfg.steps``: a run stopped before (``--max-steps-this-run``, Ctrl-C, SIGTERM) is not
+    exported, so an export never holds a half-trained model by accident; rerun to continue.
+    Returns the exit code 0."""
     ckpt = train(cfg, **kwargs, device=args.device, progress=not args.no_progress,
                  max_steps_this_run=args.max_steps_this_run)
     print(f"checkpoint: {ckpt}")
-    if args.export:
+    if args.export and run_is_done(ckpt, cfg.steps):
         print(f"exported: {export(ckpt)}")
     return 0
+
+
+def run_is_done(ckpt: Path, steps: int) -> bool:
+    """Whether the run of ``ckpt`` reached its last step; if not, say that it is not exported
+    (every trainer's ``--export`` writes finished models only)."""
+    from diffinv.learn.checkpoint import load_checkpoint
+
+    step = int(load_checkpoint(ckpt).get("step", 0))
+    if step < int(steps):
+        print(f"stopped at step {step} of {steps}: not exported (rerun the same command to "
+              "continue; it exports when the run is done)")
+        return False
+    return True

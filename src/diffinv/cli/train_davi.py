@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
+    from diffinv.cli._trainer_args import run_is_done
     from diffinv.learn.checkpoint import check_export
     from diffinv.learn.davi_trainer import DaviConfig, export_davi, export_name, train_davi
 
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = train_davi(cfg, device=args.device, progress=not args.no_progress,
                       max_steps_this_run=args.max_steps_this_run)
     print(f"checkpoint: {ckpt}")
-    if args.export:
+    if args.export and run_is_done(ckpt, cfg.steps):
         command = "diffinv " + shlex.join(sys.argv[1:])
         path = export_davi(ckpt, args.export, extra={"command": command})
         print(f"exported: {path}")

@@ -100,6 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from diffinv.checks import check_output_file
     from diffinv.cli import training_data_set
+    from diffinv.cli._trainer_args import run_is_done
     from diffinv.data import load_split
     from diffinv.learn.measurements import parse_families
     from diffinv.learn.moco import LikelihoodConfig, export_likelihood, train_likelihood
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = train_likelihood(cfg, device=args.device, progress=not args.no_progress,
                             max_steps_this_run=args.max_steps_this_run)
     print(f"checkpoint: {ckpt}")
-    if args.export:
+    if args.export and run_is_done(ckpt, cfg.steps):
         valid = load_split(args.prior, "valid").images[:1000]
         command = "diffinv " + " ".join(shlex.quote(a) for a in args.argv)
         path = export_likelihood(ckpt, export, valid=valid, command=command, prior=args.prior)
