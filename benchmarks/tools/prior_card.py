@@ -1,6 +1,11 @@
 """Export a training run as an embedded prior and write its model card material.
 
     python benchmarks/tools/prior_card.py runs/fashion32 --name fashion32 [--ship] [--state]
+    python benchmarks/tools/prior_card.py runs/ldm --name fashion32-latent --latent AE.safetensors --ship
+
+* ``--latent AE``: the run is a latent diffusion (``train-prior --latent AE``); the prior is
+  exported with its autoencoder beside it (``NAME-autoencoder.safetensors``) and loads as a
+  ``LatentPrior``; samples are decoded latent samples;
 
 * ``--ship``: export the EMA weights to ``src/diffinv/priors/NAME.safetensors`` + ``.json``;
 * ``--state``: copy the resumable training state (weights, EMA, optimizer, log, config) to
@@ -79,12 +84,15 @@ def main() -> None:
     ap.add_argument("--ship", action="store_true")
     ap.add_argument("--state", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--latent", type=Path, default=None,
+                    help="the autoencoder export of a latent run (train-prior --latent AE)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from diffinv.data import save_image
     from diffinv.data.images import make_grid
     from diffinv.diffusion.zoo import load_prior
+    from diffinv.latent.training import export_latent_prior
     from diffinv.learn.trainer import export_prior
     from diffinv.plots import moving_average, plot_curves
 
@@ -100,9 +108,17 @@ def main() -> None:
                  "moving average (20)": (steps, moving_average(losses, 20))},
                 out / f"{args.name}_loss.png", xlabel="step", ylabel="eps MSE", logy=True,
                 title=f"{args.name}: training loss")
+    def export(folder: Path) -> Path:
+        if args.latent:
+            return export_latent_prior(ckpt, args.latent, folder, args.name)
+        return export_prior(ckpt, folder, args.name)
+
     if args.ship:
-        path = export_prior(ckpt, ROOT / "src" / "diffinv" / "priors", args.name)
-        prior = load_prior(path)
+        prior = load_prior(export(ROOT / "src" / "diffinv" / "priors"))
+    elif args.latent:  # a latent checkpoint alone has no decoder: export it to a scratch folder
+        import tempfile
+
+        prior = load_prior(export(Path(tempfile.mkdtemp())))
     else:
         prior = load_prior(ckpt)
     x = prior.sample(64, seed=0, method="ddim", steps=100)
@@ -110,13 +126,18 @@ def main() -> None:
     u = cfg["unet"]
     mults = ",".join(map(str, u["channel_mults"]))
     attn = ",".join(map(str, u["attention_resolutions"]))
+    dataset = cfg["dataset"].split("@latent:")[0]
     command = " ".join([
-        f"diffinv train-prior --dataset {cfg['dataset']} --out runs/{args.name}",
+        f"diffinv train-prior --dataset {dataset} --out runs/{args.name}",
+        *([f"--latent {args.latent}"] if args.latent else []),
         f"--steps {cfg['steps']} --batch {cfg['batch']} --lr {cfg['lr']} --warmup {cfg['warmup']}",
+        f"--lr-schedule {cfg.get('lr_schedule', 'constant')}",
         f"--ema-decay {cfg['ema_decay']} --base-channels {u['base_channels']} --channel-mults {mults}",
         f"--num-res-blocks {u['num_res_blocks']} --attention {attn} --seed {cfg['seed']}",
         f"--precision {cfg.get('precision', 'fp32')} --threads 1",
     ])
+    networks = (torch.nn.ModuleList([prior.latent.network, prior.autoencoder]) if args.latent
+                else prior.network)
     steps_done = int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"])
     info = {
         "name": args.name, "command": command,
@@ -124,7 +145,7 @@ def main() -> None:
         "batch": cfg["batch"], "lr": cfg["lr"], "ema_decay": cfg["ema_decay"],
         "wall_seconds": round(wall_seconds(log)), "machine": f"{platform.machine()} CPU, "
         f"torch {torch.__version__}, 1 thread per run, two runs sharing 2 cores with other work",
-        "params_M": round(sum(p.numel() for p in prior.network.parameters()) / 1e6, 3),
+        "params_M": round(sum(p.numel() for p in networks.parameters()) / 1e6, 3),
         "sha256": prior.sha256, "last_loss_avg": sum(losses[-20:]) / max(len(losses[-20:]), 1),
     }
     (out / f"{args.name}_training.json").write_text(json.dumps(info, indent=2) + "\n")
