@@ -26,20 +26,15 @@ from pathlib import Path
 
 import torch
 
-from diffinv.data import load_split
-from diffinv.data.datasets import index_selection
+from diffinv.data.datasets import get_images
 from diffinv.latent.evaluate import autoencoder_from_checkpoint, reconstruction_scores
 
 T95 = 1.959964  # normal quantile; N is in the hundreds here
 
 
 def load_images(spec: str) -> torch.Tensor:
-    """``DATASET:SPLIT:A-B`` -> those images."""
-    try:
-        ds, split, sel = spec.split(":")
-    except ValueError:
-        raise SystemExit(f"--images must be DATASET:SPLIT:A-B, got {spec!r}") from None
-    return load_split(ds, split).images[index_selection(sel)]
+    """``DATASET:SPLIT[:INDICES]`` -> those images (diffinv.data's image spec)."""
+    return get_images(spec)[0]
 
 
 def summary(scores: dict[str, torch.Tensor]) -> dict[str, float]:
